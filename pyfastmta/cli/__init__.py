@@ -1,0 +1,1 @@
+"""Command-line programs: `pyfastmta [-c DIR] COMMAND ...`, named as Postfix names them."""

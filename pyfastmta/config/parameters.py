@@ -1,0 +1,239 @@
+"""The parameter table: every main.cf parameter pyfastmta knows, declared once.
+
+Each entry has Postfix's name where Postfix has one, its type, its default written the way
+`postconf -d` shows it (or computed from the host, like Postfix's myhostname), and one line of
+help. The reader, validation and `pyfastmta postconf -d` all come from this table.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pyfastmta import __version__
+from pyfastmta.config import interfaces
+from pyfastmta.config.valuetypes import (
+    parse_bool,
+    parse_choice,
+    parse_integer,
+    parse_time,
+    split_list,
+)
+
+STRING = "string"
+BOOL = "bool"
+INT = "int"
+SIZE = "size"
+TIME = "time"
+LIST = "list"
+CHOICE = "choice"
+# A list that may later name lookup tables (type:name); kept as a plain list for now.
+TABLE_OR_LIST = "table-or-list"
+
+DEFAULT_CONFIG_DIRECTORY = "/etc/pyfastmta"
+
+
+class DefaultContext(Protocol):
+    """What a computed default may consult."""
+
+    config_dir: str | None
+
+    def is_set(self, name: str) -> bool:
+        """True when main.cf (or a master.cf -o override) sets name."""
+
+    def expanded(self, name: str) -> str:
+        """The expanded value of another parameter."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    kind: str
+    default: str | Callable[[DefaultContext], str]
+    help: str
+    unit: str = "s"
+    minimum: int | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+
+    def default_text(self, context: DefaultContext) -> str:
+        return self.default(context) if callable(self.default) else self.default
+
+    def convert(self, text: str) -> object:
+        """The typed value of expanded text; raises BadValue."""
+        if self.kind == STRING:
+            return text.strip()
+        if self.kind in (INT, SIZE):
+            return parse_integer(self.name, text, self.minimum)
+        if self.kind == BOOL:
+            return parse_bool(self.name, text)
+        if self.kind == TIME:
+            return parse_time(self.name, text, self.unit, self.minimum)
+        if self.kind == CHOICE:
+            return parse_choice(self.name, text, self.choices)
+        items = split_list(text)
+        if self.choices:
+            for item in items:
+                parse_choice(self.name, item, self.choices)
+        return items
+
+
+def _hostname(context: DefaultContext) -> str:
+    # Postfix's rule: the kernel's host name, completed with $mydomain (or "localdomain")
+    # when it has no dot; no DNS lookup, so start-up never waits on a resolver.
+    name = socket.gethostname()
+    if "." in name:
+        return name
+    domain = context.expanded("mydomain") if context.is_set("mydomain") else "localdomain"
+    return f"{name}.{domain}"
+
+
+def _domain(context: DefaultContext) -> str:
+    hostname = context.expanded("myhostname")
+    _, dot, rest = hostname.partition(".")
+    if not dot or "." not in rest:
+        return "localdomain"
+    return rest
+
+
+def _protocols(context: DefaultContext) -> tuple[bool, bool]:
+    words = {word.lower() for word in split_list(context.expanded("inet_protocols"))}
+    everything = "all" in words
+    return everything or "ipv4" in words, (everything or "ipv6" in words) and interfaces.ipv6_supported()
+
+
+def _networks(context: DefaultContext) -> str:
+    style = context.expanded("mynetworks_style").strip().lower()
+    ipv4, ipv6 = _protocols(context)
+    return " ".join(interfaces.networks_for_style(style, ipv4, ipv6))
+
+
+def _config_directory(context: DefaultContext) -> str:
+    return context.config_dir or DEFAULT_CONFIG_DIRECTORY
+
+
+def _cpu_count(context: DefaultContext) -> str:
+    return str(os.cpu_count() or 1)
+
+
+def _version(context: DefaultContext) -> str:
+    return __version__
+
+
+_TABLE = [
+    # Where things are.
+    Parameter("config_directory", STRING, _config_directory,
+              "Directory holding main.cf and master.cf."),
+    Parameter("queue_directory", STRING, "/var/spool/pyfastmta",
+              "Directory of the mail queue; a relative path is taken from the current directory at start."),
+    Parameter("maillog_file", STRING, "",
+              "File to write log lines to instead of syslog; empty means syslog."),
+    Parameter("mail_owner", STRING, "postfix",
+              "Unprivileged account that owns the queue and runs the workers."),
+    # Identity.
+    Parameter("mail_name", STRING, "pyfastmta",
+              "Name of the mail system, shown in the SMTP greeting and in Received: headers."),
+    Parameter("mail_version", STRING, _version,
+              "Version of pyfastmta (read only: the value comes from the software)."),
+    Parameter("syslog_name", STRING, "pyfastmta",
+              "Prefix of the program name in log lines."),
+    Parameter("myhostname", STRING, _hostname,
+              "Fully qualified name of this host; default: the kernel's host name, with $mydomain added "
+              "when it has no dot."),
+    Parameter("mydomain", STRING, _domain,
+              "Internet domain of this host; default: $myhostname without its first label."),
+    Parameter("myorigin", STRING, "$myhostname",
+              "Domain that locally posted mail appears to come from."),
+    Parameter("compatibility_level", STRING, "3.6",
+              "Postfix compatibility level whose default behaviour pyfastmta follows."),
+    # Who and what is local or trusted.
+    Parameter("mydestination", TABLE_OR_LIST, "$myhostname, localhost.$mydomain, localhost",
+              "Domains this machine delivers locally."),
+    Parameter("relay_domains", TABLE_OR_LIST, "",
+              "Domains (besides $mydestination) this machine accepts mail for from any client."),
+    Parameter("mynetworks_style", CHOICE, "host",
+              "How the mynetworks default is computed: host, subnet or class.",
+              choices={"host": "host", "subnet": "subnet", "class": "class"}),
+    Parameter("mynetworks", TABLE_OR_LIST, _networks,
+              "Trusted client networks; default: computed from the interfaces per $mynetworks_style."),
+    Parameter("inet_interfaces", LIST, "all",
+              "Addresses to listen on when a master.cf inet service names no host: all, loopback-only "
+              "or a list of addresses."),
+    Parameter("inet_protocols", LIST, "all",
+              "IP versions to use: all, ipv4, ipv6, or ipv4, ipv6.",
+              choices={"all": "all", "ipv4": "ipv4", "ipv6": "ipv6"}),
+    Parameter("local_header_rewrite_clients", LIST, "permit_inet_interfaces",
+              "Clients whose message headers get incomplete addresses completed."),
+    Parameter("empty_address_recipient", STRING, "MAILER-DAEMON",
+              "Recipient of mail that is addressed to the null sender."),
+    # Limits.
+    Parameter("message_size_limit", SIZE, "10240000",
+              "Largest message accepted, in bytes, envelope included; 0 means no limit.", minimum=0),
+    Parameter("header_size_limit", INT, "102400",
+              "Most bytes of one message header kept before the rest of the header is dropped.",
+              minimum=1),
+    Parameter("line_length_limit", INT, "2048",
+              "Longest line kept in one piece; longer lines are split into pieces of this length.",
+              minimum=1),
+    Parameter("hopcount_limit", INT, "50",
+              "Most Received: headers a message may carry before it is bounced as looping.",
+              minimum=1),
+    Parameter("smtpd_recipient_limit", INT, "1000",
+              "Most recipients accepted in one SMTP transaction.", minimum=1),
+    Parameter("smtpd_recipient_overshoot_limit", INT, "1000",
+              "Recipients beyond smtpd_recipient_limit that count as errors towards the error limits.",
+              minimum=0),
+    Parameter("smtpd_hard_error_limit", INT, "20",
+              "Errors after which the SMTP server disconnects.", minimum=1),
+    Parameter("smtpd_soft_error_limit", INT, "10",
+              "Errors after which the SMTP server delays each error reply by $smtpd_error_sleep_time.",
+              minimum=0),
+    Parameter("smtpd_error_sleep_time", TIME, "1s",
+              "Delay before an error reply once the soft error limit is passed.", minimum=0),
+    Parameter("smtpd_timeout", TIME, "300s",
+              "Time the SMTP server waits for a client's request or data before it disconnects.",
+              minimum=1),
+    Parameter("max_use", INT, "100",
+              "Clients a process serves before it is replaced.", minimum=1),
+    Parameter("max_idle", TIME, "100s",
+              "Time an idle process waits for a client before it exits.", minimum=1),
+    Parameter("default_process_limit", INT, "100",
+              "Process limit of a master.cf service whose maxproc column is \"-\".", minimum=0),
+    # SMTP server behaviour.
+    Parameter("smtpd_banner", STRING, "$myhostname ESMTP $mail_name",
+              "Text after the 220 code in the SMTP greeting."),
+    Parameter("smtpd_peername_lookup", BOOL, "yes",
+              "Look up the client's host name in DNS."),
+    Parameter("smtpd_client_port_logging", BOOL, "no",
+              "Log the client's port number with its address."),
+    Parameter("smtpd_forbid_bare_newline", CHOICE, "normalize",
+              "Lines ending in a bare LF: normalize (accept as CRLF; only CRLF.CRLF ends DATA), "
+              "reject, or no.",
+              choices={"normalize": "normalize", "yes": "normalize", "reject": "reject", "no": "no"}),
+    Parameter("smtputf8_enable", BOOL, "yes",
+              "Offer SMTPUTF8 and accept UTF-8 addresses and headers."),
+    Parameter("strict_rfc821_envelopes", BOOL, "no",
+              "Require <> around MAIL FROM and RCPT TO addresses and refuse RFC 822 syntax in them."),
+    # Message cleanup.
+    Parameter("always_add_missing_headers", BOOL, "no",
+              "Add missing From:, To:, Date: and Message-ID: headers for mail from remote clients too."),
+    Parameter("undisclosed_recipients_header", STRING, "",
+              "Header to add when a message has no To:, Cc: or Bcc:; empty adds none."),
+    # pyfastmta's own.
+    Parameter("worker_count", INT, _cpu_count,
+              "Worker processes, each with its own event loop and queue partition; default: CPU count.",
+              minimum=1),
+    Parameter("queue_commit_delay", TIME, "0",
+              "Time the group commit waits to gather records before fsync; 0 starts an fsync as soon "
+              "as one record waits and none is in flight.", minimum=0),
+    Parameter("queue_commit_batch", INT, "256",
+              "Most records that one fsync of the queue covers.", minimum=1),
+    Parameter("queue_segment_size", SIZE, "67108864",
+              "Size in bytes at which a queue segment file is closed and a new one started.",
+              minimum=4096),
+    Parameter("worker_stop_timeout", TIME, "60s",
+              "Time stop and reload wait for SMTP sessions to finish their transaction.", minimum=0),
+]
+
+PARAMETERS: dict[str, Parameter] = {parameter.name: parameter for parameter in _TABLE}

@@ -1,0 +1,1 @@
+"""The master process and its workers (Postfix's master(8))."""

@@ -1,0 +1,1 @@
+"""smtpd: the SMTP server side (Postfix's smtpd(8))."""

@@ -1,0 +1,61 @@
+"""The SMTP service of one worker: its sessions, its queue partition, its settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pyfastmta.smtpd.peername import PeernameCache
+from pyfastmta.smtpd.session import SmtpSession
+from pyfastmta.smtpd.settings import SmtpdSettings
+
+
+class SmtpServer:
+    def __init__(self, loop, partition, maillog):
+        self.loop = loop
+        self.partition = partition
+        self.maillog = maillog
+        self.peernames = PeernameCache(loop)
+        self.sessions: set[SmtpSession] = set()
+        self.stopping = False
+        self.session_count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def log(self, program: str, text: str) -> None:
+        self.maillog.log(program, text)
+
+    def protocol_factory(self, config):
+        """A factory for loop.create_server; reload swaps it by calling this again."""
+        settings = SmtpdSettings(config)
+
+        def make_session() -> SmtpSession:
+            return SmtpSession(self, settings)
+
+        return make_session
+
+    def session_started(self, session: SmtpSession) -> None:
+        self.sessions.add(session)
+        self.session_count += 1
+        self._idle.clear()
+
+    def session_ended(self, session: SmtpSession) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop: idle sessions are told 421 at their next command; transactions may finish."""
+        self.stopping = True
+        for session in list(self.sessions):
+            if not session.in_transaction and session.transport is not None and session.greeted \
+                    and not session.parser.paused:
+                session.reply(f"421 4.3.2 {session.settings.myhostname} Service shutting down,"
+                              " closing transmission channel")
+                session.closing = True
+                session.flush_replies()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            for session in list(self.sessions):
+                if session.transport is not None:
+                    session.transport.abort()

@@ -1,0 +1,447 @@
+"""One SMTP session: the command state machine over the compiled protocol parser.
+
+The parser (pyfastmta._ext.smtpproto) turns bytes into command and end-of-data events; this class
+decides and answers. Replies produced while one read is processed go out in a single write, so a
+pipelined group gets its replies in one segment. At end-of-data the parser is paused until the
+queue has made the message durable: only then does the client hear 250, and only then are the
+commands that followed the message (pipelined in the same read) processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+
+from pyfastmta._ext.smtpproto import SmtpServerParser, parse_path_argument
+from pyfastmta.cleanup.message import Rejected, clean_message
+from pyfastmta.queue.envelope import Envelope, Recipient
+
+_COMMAND_NAMES = {
+    b"EHLO": "ehlo", b"HELO": "helo", b"MAIL": "mail", b"RCPT": "rcpt", b"DATA": "data",
+    b"RSET": "rset", b"NOOP": "noop", b"QUIT": "quit", b"VRFY": "vrfy", b"HELP": "help",
+}
+
+_HELP_REPLY = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+
+
+class SmtpSession(asyncio.Protocol):
+    def __init__(self, server, settings):
+        self.server = server
+        self.settings = settings
+        self.transport = None
+        self.parser = None
+        self._out: list[bytes] = []
+        self.client_addr = ""
+        self.client_port = 0
+        self.client_name = "unknown"
+        self.local_addr = ""
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.in_mynetworks = False
+        self.local_client = False
+        self.error_count = 0
+        self.command_stats: dict[str, list[int]] = {}
+        self.last_command = "CONNECT"
+        self.closing = False
+        self.greeted = False
+        self._early_data: list[bytes] = []
+        self._timer = None
+        self._last_activity = 0.0
+        self._reset_transaction()
+
+    # ---- transaction state -------------------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self.sender: str | None = None
+        self.recipients: list[Recipient] = []
+        self.rcpt_attempts = 0
+        self.queue_id: str | None = None
+        self.mail_params: dict = {}
+        self.body_type: str | None = None
+        self.smtputf8 = False
+        self.in_data = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.sender is not None
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        addr = peer[0] if peer else "127.0.0.1"
+        if addr.startswith("::ffff:") and "." in addr:
+            addr = addr[7:]
+        self.client_addr = addr
+        self.client_port = peer[1] if peer else 0
+        self.local_addr = sock[0] if sock else ""
+        settings = self.settings
+        address = ipaddress.ip_address(addr)
+        self.in_mynetworks = settings.in_mynetworks(address)
+        self.local_client = self._is_local_client(address)
+        self.parser = SmtpServerParser(self, settings.line_length_limit, settings.message_size_limit)
+        self.server.session_started(self)
+        self._last_activity = self.server.loop.time()
+        self._timer = self.server.loop.call_later(settings.timeout, self._check_timeout)
+        name = self.server.peernames.cached(addr) if settings.peername_lookup else "unknown"
+        if name is None:
+            self.server.loop.create_task(self._lookup_then_greet(addr))
+        else:
+            self._greet(name)
+
+    async def _lookup_then_greet(self, addr: str) -> None:
+        name = await self.server.peernames.lookup(addr)
+        if self.transport is not None and not self.transport.is_closing():
+            self._greet(name)
+
+    def _greet(self, name: str) -> None:
+        self.client_name = name
+        self.greeted = True
+        self.server.log("smtpd", f"connect from {self.client_label}")
+        self.transport.write(self.settings.banner)
+        if self._early_data:
+            data = b"".join(self._early_data)
+            self._early_data.clear()
+            self.data_received(data)
+
+    @property
+    def client_label(self) -> str:
+        if self.settings.client_port_logging:
+            return f"{self.client_name}[{self.client_addr}]:{self.client_port}"
+        return f"{self.client_name}[{self.client_addr}]"
+
+    def data_received(self, data: bytes) -> None:
+        if not self.greeted:
+            self._early_data.append(data)
+            return
+        self._last_activity = self.server.loop.time()
+        self.parser.feed(data)
+        self.flush_replies()
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.greeted:
+            self.server.log("smtpd", f"disconnect from {self.client_label}{self._stats_text()}")
+        self.server.session_ended(self)
+        self.transport = None
+
+    def _stats_text(self) -> str:
+        parts = []
+        total_ok = total = 0
+        for name, (ok, count) in self.command_stats.items():
+            parts.append(f" {name}={ok}" if ok == count else f" {name}={ok}/{count}")
+            total_ok += ok
+            total += count
+        parts.append(f" commands={total_ok}" if total_ok == total else f" commands={total_ok}/{total}")
+        return "".join(parts)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.transport is None:
+            return
+        loop = self.server.loop
+        deadline = self._last_activity + self.settings.timeout
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._check_timeout)
+            return
+        if self.in_data:
+            self.server.log("smtpd", f"timeout after DATA from {self.client_label}")
+        else:
+            self.server.log("smtpd", f"timeout after {self.last_command} from {self.client_label}")
+        self.transport.write(f"421 4.4.2 {self.settings.myhostname} Error: timeout exceeded\r\n".encode())
+        self.transport.close()
+
+    # ---- replies -------------------------------------------------------------------------------
+
+    def reply(self, text: str) -> None:
+        self._out.append(text.encode("utf-8", "surrogateescape") + b"\r\n")
+
+    def flush_replies(self) -> None:
+        if self._out and self.transport is not None:
+            self.transport.write(b"".join(self._out))
+            self._out.clear()
+        if self.closing and self.transport is not None:
+            self.transport.close()
+
+    def _count(self, name: str, ok: bool) -> None:
+        stats = self.command_stats.get(name)
+        if stats is None:
+            stats = self.command_stats[name] = [0, 0]
+        stats[1] += 1
+        if ok:
+            stats[0] += 1
+
+    def _error(self, name: str, text: str) -> bool:
+        """An error reply; returns True when the session must pause (error sleep or hangup)."""
+        self._count(name, False)
+        self.reply(text)
+        self.error_count += 1
+        settings = self.settings
+        if self.error_count >= settings.hard_error_limit:
+            self.server.log("smtpd", f"too many errors after {self.last_command} from {self.client_label}")
+            self.reply(f"421 4.7.0 {settings.myhostname} Error: too many errors")
+            self.closing = True
+            return True
+        if self.error_count > settings.soft_error_limit and settings.error_sleep_time > 0:
+            self.server.loop.call_later(settings.error_sleep_time, self._resume_after_sleep)
+            return True
+        return False
+
+    def _resume_after_sleep(self) -> None:
+        if self.transport is None:
+            return
+        self.flush_replies()
+        self.parser.resume()
+        self.flush_replies()
+
+    # ---- parser callbacks ----------------------------------------------------------------------
+
+    def on_line_too_long(self) -> None:
+        self.last_command = "UNKNOWN"
+        self._error("unknown", "500 5.5.2 Error: line too long")
+
+    def on_command(self, verb: bytes, arg: bytes):
+        if self.closing:
+            return True
+        name = _COMMAND_NAMES.get(verb)
+        if name is None:
+            self.last_command = "UNKNOWN"
+            if not verb:
+                return self._error("unknown", "500 5.5.2 Error: bad syntax")
+            return self._error("unknown", "502 5.5.2 Error: command not recognized")
+        self.last_command = verb.decode("ascii")
+        if self.server.stopping and not self.in_transaction:
+            self.reply(f"421 4.3.2 {self.settings.myhostname} Service shutting down, closing transmission channel")
+            self.closing = True
+            return True
+        return getattr(self, "smtp_" + name)(arg)
+
+    def smtp_ehlo(self, arg: bytes):
+        if not arg:
+            return self._error("ehlo", "501 Syntax: EHLO hostname")
+        self._reset_transaction()
+        self.helo_name = arg.decode("utf-8", "surrogateescape")
+        self.esmtp = True
+        self._count("ehlo", True)
+        self._out.append(self.settings.ehlo_reply)
+
+    def smtp_helo(self, arg: bytes):
+        if not arg:
+            return self._error("helo", "501 Syntax: HELO hostname")
+        self._reset_transaction()
+        self.helo_name = arg.decode("utf-8", "surrogateescape")
+        self.esmtp = False
+        self._count("helo", True)
+        self.reply(f"250 {self.settings.myhostname}")
+
+    def smtp_mail(self, arg: bytes):
+        if self.in_transaction:
+            return self._error("mail", "503 5.5.1 Error: nested MAIL command")
+        status, address, params = parse_path_argument(arg, b"FROM")
+        if status == 1:
+            return self._error("mail", "501 5.5.4 Syntax: MAIL FROM:<address>")
+        if status == 2:
+            return self._error("mail", "501 5.1.7 Bad sender address syntax")
+        if status == 3:
+            return self._error("mail", "501 5.5.4 Bad MAIL parameter syntax")
+        settings = self.settings
+        body_type = None
+        smtputf8 = False
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit():
+                    return self._error("mail", "501 5.5.4 Bad message size syntax")
+                if settings.message_size_limit and int(value) > settings.message_size_limit:
+                    return self._error("mail", "552 5.3.4 Message size exceeds fixed limit")
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return self._error("mail", "501 5.5.4 Bad BODY keyword value")
+                body_type = value.upper()
+            elif key == "SMTPUTF8" and settings.smtputf8_enable and value is None:
+                smtputf8 = True
+            elif key == "AUTH":
+                pass  # accepted and ignored until SASL exists, as Postfix does without AUTH
+            else:
+                return self._error("mail", f"555 5.5.4 Unsupported option: {key}")
+        if not smtputf8 and not address.isascii():
+            return self._error("mail", "553 5.6.7 Must declare SMTPUTF8 to send unicode address")
+        self.sender = address
+        self.body_type = body_type
+        self.smtputf8 = smtputf8
+        self._count("mail", True)
+        self.reply("250 2.1.0 Ok")
+
+    def smtp_rcpt(self, arg: bytes):
+        if not self.in_transaction:
+            return self._error("rcpt", "503 5.5.1 Error: need MAIL command")
+        self.rcpt_attempts += 1
+        settings = self.settings
+        if self.rcpt_attempts > settings.recipient_overshoot_limit:
+            return self._error("rcpt", "452 4.5.3 Error: too many recipients")
+        status, address, params = parse_path_argument(arg, b"TO")
+        if status == 1:
+            return self._error("rcpt", "501 5.5.4 Syntax: RCPT TO:<address>")
+        if status in (2,) or address == "":
+            return self._error("rcpt", "501 5.1.3 Bad recipient address syntax")
+        if status == 3:
+            return self._error("rcpt", "501 5.5.4 Bad RCPT parameter syntax")
+        if params:
+            return self._error("rcpt", f"555 5.5.4 Unsupported option: {next(iter(params))}")
+        if not self.smtputf8 and not address.isascii():
+            return self._error("rcpt", "553 5.6.7 Must declare SMTPUTF8 to send unicode address")
+        if len(self.recipients) >= settings.recipient_limit:
+            self._count("rcpt", False)
+            self.reply("452 4.5.3 Error: too many recipients")
+            return None
+        if not self._may_relay_to(address):
+            text = f"554 5.7.1 <{address}>: Relay access denied"
+            self._log_reject("RCPT", text, address)
+            return self._error("rcpt", text)
+        if self.queue_id is None:
+            self.queue_id = self.server.partition.new_queue_id()
+            self.server.log("smtpd", f"{self.queue_id}: client={self.client_label}")
+        self.recipients.append(Recipient(address=address))
+        self._count("rcpt", True)
+        self.reply("250 2.1.5 Ok")
+
+    def _may_relay_to(self, address: str) -> bool:
+        if self.in_mynetworks:
+            return True
+        at = address.rfind("@")
+        if at < 0:
+            # An unqualified recipient belongs to $myorigin (append_at_myorigin).
+            return self.settings.domain_is_local_or_relay(self.settings.myorigin)
+        domain = address[at + 1:]
+        if domain.startswith("["):
+            return False
+        return self.settings.domain_is_local_or_relay(domain)
+
+    def _log_reject(self, stage: str, text: str, recipient: str | None) -> None:
+        parts = [f"{self.queue_id or 'NOQUEUE'}: reject: {stage} from {self.client_label}: {text};"
+                 f" from=<{self.sender or ''}>"]
+        if recipient is not None:
+            parts.append(f" to=<{recipient}>")
+        parts.append(f" proto={'ESMTP' if self.esmtp else 'SMTP'}")
+        if self.helo_name:
+            parts.append(f" helo=<{self.helo_name}>")
+        self.server.log("smtpd", "".join(parts))
+
+    def smtp_data(self, arg: bytes):
+        if arg:
+            return self._error("data", "501 5.5.4 Syntax: DATA")
+        if not self.in_transaction:
+            return self._error("data", "503 5.5.1 Error: need RCPT command")
+        if not self.recipients:
+            return self._error("data", "554 5.5.1 Error: no valid recipients")
+        self.in_data = True
+        self.reply("354 End data with <CR><LF>.<CR><LF>")
+        self.parser.start_data()
+
+    def smtp_rset(self, arg: bytes):
+        if arg:
+            return self._error("rset", "501 5.5.4 Syntax: RSET")
+        self._reset_transaction()
+        self._count("rset", True)
+        self.reply("250 2.0.0 Ok")
+
+    def smtp_noop(self, arg: bytes):
+        self._count("noop", True)
+        self.reply("250 2.0.0 Ok")
+
+    def smtp_quit(self, arg: bytes):
+        self._count("quit", True)
+        self.reply("221 2.0.0 Bye")
+        self.closing = True
+        return True
+
+    def smtp_vrfy(self, arg: bytes):
+        if not arg:
+            return self._error("vrfy", "501 5.5.4 Syntax: VRFY address")
+        self._count("vrfy", True)
+        text = arg.decode("utf-8", "surrogateescape")
+        if text.startswith("<") and text.endswith(">"):
+            text = text[1:-1]
+        self.reply(f"252 2.0.0 {text}")
+
+    def smtp_help(self, arg: bytes):
+        self._count("help", True)
+        self.reply(_HELP_REPLY)
+
+    # ---- end of data -------------------------------------------------------------------------
+
+    def on_data_end(self, content: bytes, too_big: bool, bare_newline: bool):
+        self.in_data = False
+        if too_big:
+            self._count("data", False)
+            self.reply("552 5.3.4 Error: message file too big")
+            self._log_reject("END-OF-MESSAGE", "552 5.3.4 Error: message file too big", None)
+            self._reset_transaction()
+            return None
+        self.server.loop.create_task(self._queue_message(content))
+        return True
+
+    async def _queue_message(self, content: bytes) -> None:
+        queue_id = self.queue_id
+        recipients = self.recipients
+        protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+        now = time.time()
+        try:
+            message = clean_message(
+                content, settings=self.settings.cleanup, queue_id=queue_id, sender=self.sender,
+                recipients=[r.address for r in recipients], helo=self.helo_name,
+                client_name=self.client_name, client_addr=self.client_addr, protocol=protocol,
+                local_client=self.local_client, now=now,
+            )
+            envelope = Envelope(
+                queue_id=queue_id, sender=self.sender, recipients=recipients, arrival_time=now,
+                client_name=self.client_name, client_addr=self.client_addr,
+                client_port=self.client_port, helo_name=self.helo_name or "", protocol=protocol,
+                size=len(message.content), body_type=self.body_type, smtputf8=self.smtputf8,
+            )
+            await self.server.partition.enqueue(envelope, message.content)
+        except Rejected as rejected:
+            self._count("data", False)
+            self._log_reject("END-OF-MESSAGE", rejected.reply, None)
+            self.reply(rejected.reply)
+        except Exception as exc:  # the queue could not make the message durable: never say 250
+            self._count("data", False)
+            self.server.log("smtpd", f"warning: {queue_id}: queue file write error: {exc}")
+            self.reply("451 4.3.0 Error: queue file write error")
+        else:
+            self._count("data", True)
+            log = self.server.log
+            if message.message_id is not None:
+                log("cleanup", f"{queue_id}: message-id={message.message_id}")
+            log("qmgr", f"{queue_id}: from=<{self.sender}>, size={len(message.content)},"
+                        f" nrcpt={len(recipients)} (queue active)")
+            self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
+        self._reset_transaction()
+        if self.transport is None:
+            return
+        self.flush_replies()
+        if self.server.stopping:
+            self.reply(f"421 4.3.2 {self.settings.myhostname} Service shutting down, closing transmission channel")
+            self.closing = True
+            self.flush_replies()
+            return
+        self.parser.resume()
+        self.flush_replies()
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _is_local_client(self, address) -> bool:
+        for entry in self.settings.local_header_rewrite_clients:
+            if entry == "permit_inet_interfaces":
+                if address.is_loopback or self.client_addr == self.local_addr:
+                    return True
+            elif entry == "permit_mynetworks":
+                if self.in_mynetworks:
+                    return True
+            elif entry == "static:all":
+                return True
+        return False

@@ -1,0 +1,72 @@
+"""smtpd's view of the configuration, computed once per service and reload, read per command."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyfastmta.cleanup.message import CleanupSettings
+
+
+def _networks(entries) -> list:
+    networks = []
+    for entry in entries:
+        text = entry.strip()
+        if text.startswith("[") and "]" in text:
+            # Postfix writes IPv6 networks as [::1]/128.
+            text = text[1:text.index("]")] + text[text.index("]") + 1:]
+        networks.append(ipaddress.ip_network(text, strict=False))
+    return networks
+
+
+class SmtpdSettings:
+    def __init__(self, config):
+        get = config.get
+        self.myhostname: str = get("myhostname")
+        self.myorigin: str = get("myorigin")
+        self.banner = f"220 {get('smtpd_banner')}\r\n".encode()
+        self.message_size_limit: int = get("message_size_limit")
+        self.recipient_limit: int = get("smtpd_recipient_limit")
+        self.recipient_overshoot_limit: int = get("smtpd_recipient_overshoot_limit")
+        self.line_length_limit: int = get("line_length_limit")
+        self.timeout: float = get("smtpd_timeout")
+        self.hard_error_limit: int = get("smtpd_hard_error_limit")
+        self.soft_error_limit: int = get("smtpd_soft_error_limit")
+        self.error_sleep_time: float = get("smtpd_error_sleep_time")
+        self.smtputf8_enable: bool = get("smtputf8_enable")
+        self.peername_lookup: bool = get("smtpd_peername_lookup")
+        self.client_port_logging: bool = get("smtpd_client_port_logging")
+        self.mynetworks = _networks(get("mynetworks"))
+        self.mydestination = {d.lower().rstrip(".") for d in get("mydestination")}
+        self.relay_domains = {d.lower().rstrip(".") for d in get("relay_domains")}
+        self.always_add_missing_headers: bool = get("always_add_missing_headers")
+        self.local_header_rewrite_clients = list(get("local_header_rewrite_clients"))
+        self.cleanup = CleanupSettings(config)
+        self.ehlo_reply = self._ehlo_reply()
+
+    def _ehlo_reply(self) -> bytes:
+        lines = [self.myhostname, "PIPELINING"]
+        lines.append(f"SIZE {self.message_size_limit}" if self.message_size_limit else "SIZE")
+        lines += ["VRFY", "ENHANCEDSTATUSCODES", "8BITMIME"]
+        if self.smtputf8_enable:
+            lines.append("SMTPUTF8")
+        text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
+        return text.encode()
+
+    def in_mynetworks(self, address) -> bool:
+        for network in self.mynetworks:
+            if address.version == network.version and address in network:
+                return True
+        return False
+
+    def domain_is_local_or_relay(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        return domain in self.mydestination or self._matches_relay_domain(domain)
+
+    def _matches_relay_domain(self, domain: str) -> bool:
+        if not self.relay_domains:
+            return False
+        if domain in self.relay_domains:
+            return True
+        # parent_domain_matches_subdomains includes relay_domains by default in Postfix.
+        parts = domain.split(".")
+        return any(".".join(parts[i:]) in self.relay_domains for i in range(1, len(parts)))

@@ -1,0 +1,206 @@
+"""A real pyfastmta, started as a user starts it, on a free loopback port, per test.
+
+The `mta` fixture runs every test twice: workers on uvloop and on asyncio's own loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PYFASTMTA = [sys.executable, "-m", "pyfastmta"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Mta:
+    def __init__(self, directory: Path, event_loop: str, main_cf: dict[str, str], host: str = "127.0.0.1"):
+        self.dir = directory
+        self.host = host
+        self.port = free_port(host)
+        self.event_loop = event_loop
+        self.maillog = directory / "maillog"
+        self.spool = directory / "spool"
+        settings = {
+            "queue_directory": str(self.spool),
+            "maillog_file": str(self.maillog),
+            "mydestination": "localhost, example.test",
+            "mynetworks": "127.0.0.0/8",
+            "myhostname": "mx.example.test",
+            "worker_count": "2",
+        }
+        settings.update(main_cf)
+        self.write_config(settings)
+
+    def write_config(self, settings: dict[str, str], master_line: str | None = None) -> None:
+        (self.dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+        line = master_line or f"{self.host}:{self.port} inet n - n - - smtpd"
+        (self.dir / "master.cf").write_text(line + "\n")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYFASTMTA_EVENT_LOOP=self.event_loop)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        result = subprocess.run(PYFASTMTA + ["-c", str(self.dir), *args], capture_output=True,
+                                text=True, env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"pyfastmta {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}\n{self.log_text()}")
+        return result
+
+    def start(self) -> None:
+        self.cli("start")
+
+    def stop(self) -> None:
+        if self.master_pid() is not None:
+            self.cli("stop", check=False)
+
+    def master_pid(self) -> int | None:
+        path = self.spool / "pid" / "master.pid"
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def worker_pids(self) -> list[int]:
+        pid = self.master_pid()
+        if pid is None:
+            return []
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in children]
+
+    def kill_all(self) -> None:
+        """SIGKILL the master and every worker: a crash, not a stop."""
+        master = self.master_pid()
+        workers = self.worker_pids()
+        for pid in [master, *workers]:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        for pid in [master, *workers]:
+            while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                status = Path(f"/proc/{pid}/stat")
+                try:
+                    if status.read_text().split()[2] == "Z":
+                        break
+                except OSError:
+                    break
+                time.sleep(0.01)
+
+    def queue_json(self) -> list[dict]:
+        import json
+
+        output = self.cli("postqueue", "-j").stdout
+        return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+    def log_text(self) -> str:
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def event_loop_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_mta(tmp_path, event_loop_name):
+    started: list[Mta] = []
+
+    def make(main_cf: dict[str, str] | None = None, start: bool = True, host: str = "127.0.0.1") -> Mta:
+        directory = tmp_path / f"mta{len(started)}"
+        directory.mkdir()
+        mta = Mta(directory, event_loop_name, main_cf or {}, host=host)
+        started.append(mta)
+        if start:
+            mta.start()
+        return mta
+
+    yield make
+    for mta in started:
+        mta.stop()
+
+
+@pytest.fixture
+def mta(make_mta) -> Mta:
+    return make_mta()
+
+
+class RawClient:
+    """A plain socket SMTP client: sends exactly the bytes it is given, reads whole replies."""
+
+    def __init__(self, host: str, port: int, source: str | None = None, timeout: float = 15):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> tuple[int, str]:
+        """One (possibly multi-line) reply: its code and its lines joined by newlines."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"connection closed; got so far: {lines!r} {self.buffer!r}")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            text = line.decode()
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                return int(text[:3]), "\n".join(lines)
+
+    def command(self, line: str) -> tuple[int, str]:
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def connect():
+    clients: list[RawClient] = []
+
+    def open_client(mta: Mta, source: str | None = None, greet: bool = True) -> RawClient:
+        client = RawClient(mta.host, mta.port, source=source)
+        clients.append(client)
+        if greet:
+            code, text = client.reply()
+            assert code == 220, text
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()

@@ -1,0 +1,170 @@
+"""start, stop, reload, status, a worker's death and a crash of every process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import threading
+import time
+
+MESSAGE = "Subject: test\r\n\r\nbody\r\n"
+
+
+def send_one(mta, sender="alice@example.org", recipient="bob@example.test") -> str:
+    with smtplib.SMTP(mta.host, mta.port, timeout=15) as client:
+        client.ehlo("client.example.org")
+        client.mail(sender)
+        client.rcpt(recipient)
+        code, text = client.data(MESSAGE)
+        assert code == 250, text
+        return text.decode().rsplit(" ", 1)[1]
+
+
+def test_status_start_twice_and_stop(mta):
+    assert "is running" in mta.cli("status").stderr
+    again = mta.cli("start", check=False)
+    assert again.returncode == 1 and "already running" in again.stderr
+    mta.cli("stop")
+    result = mta.cli("status", check=False)
+    assert result.returncode == 1 and "not running" in result.stderr
+    assert not (mta.spool / "pid" / "master.pid").exists()
+    assert "terminating on signal 15" in mta.log_text()
+
+
+def test_bad_configuration_is_refused_with_file_and_line(make_mta):
+    mta = make_mta(start=False)
+    text = (mta.dir / "main.cf").read_text()
+    (mta.dir / "main.cf").write_text(text + "message_size_limit = lots\n")
+    line = len(text.splitlines()) + 1
+    result = mta.cli("start", check=False)
+    assert result.returncode == 1
+    assert f"{mta.dir / 'main.cf'}:{line}:" in result.stderr
+    assert "message_size_limit" in result.stderr
+    assert mta.master_pid() is None
+
+
+def test_port_in_use_is_a_clear_error(make_mta):
+    mta = make_mta(start=False)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        mta.port = blocker.getsockname()[1]
+        mta.write_config({"queue_directory": str(mta.spool), "maillog_file": str(mta.maillog)})
+        result = mta.cli("start", check=False)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{mta.port}" in result.stderr
+    assert mta.master_pid() is None
+
+
+def test_reload_keeps_established_sessions(mta, connect):
+    old = connect(mta)
+    assert old.command("EHLO before.example")[0] == 250
+    settings = (mta.dir / "main.cf").read_text()
+    (mta.dir / "main.cf").write_text(settings + "smtpd_banner = $myhostname ESMTP reloaded\n")
+    mta.cli("reload")
+    deadline = time.monotonic() + 10
+    while True:
+        new = connect(mta, greet=False)
+        code, banner = new.reply()
+        if "reloaded" in banner or time.monotonic() > deadline:
+            break
+        new.close()
+    assert banner == "220 mx.example.test ESMTP reloaded"
+    # The session that was open before the reload carries on with a whole transaction.
+    assert old.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert old.command("RCPT TO:<b@example.test>")[0] == 250
+    assert old.command("DATA")[0] == 354
+    old.send(b"Subject: x\r\n\r\ny\r\n.\r\n")
+    assert old.reply()[0] == 250
+
+
+def test_bad_reload_keeps_running(mta):
+    (mta.dir / "main.cf").write_text((mta.dir / "main.cf").read_text() + "hopcount_limit = many\n")
+    result = mta.cli("reload", check=False)
+    assert result.returncode == 1 and "hopcount_limit" in result.stderr
+    assert send_one(mta)
+
+
+def test_stop_lets_a_transaction_finish(mta, connect):
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    assert client.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert client.command("RCPT TO:<b@example.test>")[0] == 250
+    master = mta.master_pid()
+    os.kill(master, signal.SIGTERM)
+    time.sleep(0.5)
+    assert client.command("DATA")[0] == 354
+    client.send(b"Subject: last\r\n\r\nlast one\r\n.\r\n")
+    code, text = client.reply()
+    assert code == 250, text
+    code, text = client.command("NOOP")
+    assert code == 421
+    deadline = time.monotonic() + 30
+    while mta.master_pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mta.master_pid() is None
+    assert len(mta.queue_json()) == 1
+
+
+def test_dead_worker_is_replaced(mta):
+    first = send_one(mta)
+    workers = mta.worker_pids()
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        current = mta.worker_pids()
+        if len(current) == 2 and workers[0] not in current:
+            break
+        time.sleep(0.05)
+    assert len(mta.worker_pids()) == 2 and workers[0] not in mta.worker_pids()
+    ids = {send_one(mta) for _ in range(10)}
+    queued = {m["queue_id"] for m in mta.queue_json()}
+    assert {first} | ids <= queued
+    assert "killed by signal 9" in mta.log_text()
+
+
+def test_crash_loses_no_acknowledged_message(mta):
+    """kill -9 of the master and every worker while clients send; every 250 survives."""
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def sender(number: int) -> None:
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP(mta.host, mta.port, timeout=5) as client:
+                    client.ehlo(f"client{number}.example.org")
+                    for _ in range(5):
+                        client.mail(f"s{number}@example.org")
+                        client.rcpt("bob@example.test")
+                        code, text = client.data(MESSAGE)
+                        if code == 250:
+                            with lock:
+                                acknowledged.append(text.decode().rsplit(" ", 1)[1])
+            except (OSError, smtplib.SMTPException):
+                if stop.is_set():
+                    return
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mta.kill_all()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    with lock:
+        acked = set(acknowledged)
+    assert len(acked) >= 100, len(acked)
+    mta.start()
+    queued = {m["queue_id"] for m in mta.queue_json()}
+    missing = acked - queued
+    assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
+    # The server works after the crash.
+    assert send_one(mta) in {m["queue_id"] for m in mta.queue_json()}

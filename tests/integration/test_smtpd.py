@@ -1,0 +1,223 @@
+"""smtpd against real clients: smtplib, swaks, and raw sockets with pipelined writes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+MESSAGE = (
+    "From: Alice <alice@example.org>\r\n"
+    "To: Bob <bob@example.test>\r\n"
+    "Subject: hello\r\n"
+    "\r\n"
+    "Hello Bob.\r\n"
+)
+
+
+def queued_id(text: str) -> str:
+    match = re.search(r"queued as ([0-9A-F]+)", text)
+    assert match, text
+    return match.group(1)
+
+
+def test_smtplib_message_is_queued_and_listed(mta):
+    with smtplib.SMTP(mta.host, mta.port, timeout=15) as client:
+        code, banner = client.ehlo("client.example.org")
+        assert code == 250
+        features = banner.decode().splitlines()
+        assert features[0] == "mx.example.test"
+        for extension in ("PIPELINING", "SIZE 10240000", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"):
+            assert extension in features
+        refused = client.sendmail("alice@example.org", ["bob@example.test"], MESSAGE)
+        assert refused == {}
+        code, text = client.noop()
+        assert code == 250
+    queue = mta.queue_json()
+    assert len(queue) == 1
+    entry = queue[0]
+    assert entry["sender"] == "alice@example.org"
+    assert [r["address"] for r in entry["recipients"]] == ["bob@example.test"]
+    assert re.fullmatch(r"[0-9A-F]{12,16}", entry["queue_id"])
+    mailq = mta.cli("postqueue", "-p").stdout
+    assert entry["queue_id"] in mailq
+    assert "alice@example.org" in mailq and "bob@example.test" in mailq
+    assert "in 1 Request." in mailq
+
+
+def test_swaks_sends(mta):
+    swaks = shutil.which("swaks")
+    assert swaks, "swaks is installed by make test"
+    result = subprocess.run(
+        [swaks, "--server", f"{mta.host}:{mta.port}", "--from", "alice@example.org",
+         "--to", "carol@example.test", "--helo", "client.example.org", "--body", "via swaks"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "queued as" in result.stdout
+    assert [m["sender"] for m in mta.queue_json()] == ["alice@example.org"]
+
+
+def test_pipelined_transaction_in_one_write(mta, connect):
+    client = connect(mta)
+    client.send(b"EHLO client.example.org\r\nMAIL FROM:<a@example.org>\r\n"
+                b"RCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n")
+    assert client.reply()[0] == 250  # EHLO
+    assert client.reply() == (250, "250 2.1.0 Ok")
+    assert client.reply() == (250, "250 2.1.5 Ok")
+    assert client.reply() == (250, "250 2.1.5 Ok")
+    assert client.reply()[0] == 354
+    # The message, its end, the next transaction and QUIT all in one write.
+    client.send(b"Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<d@example.test>\r\n"
+                b"DATA\r\n")
+    first = queued_id(client.reply()[1])
+    assert client.reply()[0] == 250
+    assert client.reply()[0] == 250
+    assert client.reply()[0] == 354
+    client.send(b"Subject: two\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n")
+    second = queued_id(client.reply()[1])
+    assert client.reply() == (221, "221 2.0.0 Bye")
+    assert first != second
+    queue = {m["queue_id"]: m for m in mta.queue_json()}
+    assert queue[first]["sender"] == "a@example.org"
+    assert len(queue[first]["recipients"]) == 2
+    assert queue[second]["sender"] == ""
+
+
+def test_command_errors_and_replies(mta, connect):
+    client = connect(mta)
+    assert client.command("HELO") == (501, "501 Syntax: HELO hostname")
+    assert client.command("HELO client.example.org") == (250, "250 mx.example.test")
+    assert client.command("RCPT TO:<b@example.test>") == (503, "503 5.5.1 Error: need MAIL command")
+    assert client.command("DATA") == (503, "503 5.5.1 Error: need RCPT command")
+    assert client.command("MAIL FROM:bad<") [0] == 501
+    assert client.command("MAIL TO:<a@example.org>") == (501, "501 5.5.4 Syntax: MAIL FROM:<address>")
+    assert client.command("MAIL FROM:<a@example.org> FOO=BAR") == (555, "555 5.5.4 Unsupported option: FOO")
+    assert client.command("MAIL FROM:<a@example.org>") == (250, "250 2.1.0 Ok")
+    assert client.command("MAIL FROM:<a@example.org>") == (503, "503 5.5.1 Error: nested MAIL command")
+    assert client.command("RSET") == (250, "250 2.0.0 Ok")
+    assert client.command("NOOP") == (250, "250 2.0.0 Ok")
+    assert client.command("VRFY bob@example.test")[0] == 252
+    assert client.command("HELP")[0] == 214
+    assert client.command("XYZZY") == (502, "502 5.5.2 Error: command not recognized")
+    assert client.command("QUIT") == (221, "221 2.0.0 Bye")
+    assert client.closed_by_server()
+
+
+def test_relay_control_for_a_client_outside_mynetworks(make_mta, connect):
+    mta = make_mta({"mynetworks": "127.0.0.1/32"}, host="127.0.0.1")
+    outsider = connect(mta, source="127.0.0.2")
+    assert outsider.command("EHLO outside.example")[0] == 250
+    assert outsider.command("MAIL FROM:<x@outside.example>")[0] == 250
+    assert outsider.command("RCPT TO:<victim@elsewhere.example>") == (
+        554, "554 5.7.1 <victim@elsewhere.example>: Relay access denied")
+    assert outsider.command("RCPT TO:<user@example.test>") == (250, "250 2.1.5 Ok")
+    insider = connect(mta, source="127.0.0.1")
+    assert insider.command("EHLO inside.example")[0] == 250
+    assert insider.command("MAIL FROM:<x@example.test>")[0] == 250
+    assert insider.command("RCPT TO:<anyone@elsewhere.example>") == (250, "250 2.1.5 Ok")
+    assert "reject: RCPT from" in mta.log_text()
+
+
+@pytest.mark.parametrize("smuggle", [
+    b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\r\n\x00.\r\n", b"\n.\r\r\n",
+])
+def test_no_smtp_smuggling(mta, connect, smuggle):
+    client = connect(mta)
+    client.command("EHLO attacker.example")
+    client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+    assert [client.reply()[0] for _ in range(3)] == [250, 250, 354]
+    client.send(b"Subject: outer\r\n\r\nouter body" + smuggle +
+                b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+    code, text = client.reply()
+    assert code == 250, text
+    client.send(b"QUIT\r\n")
+    assert client.reply()[0] == 221
+    queue = mta.queue_json()
+    assert len(queue) == 1, queue
+    assert queue[0]["sender"] == "a@example.org"
+
+
+def test_size_limits(make_mta, connect):
+    mta = make_mta({"message_size_limit": "2000"})
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    assert client.command("MAIL FROM:<a@example.org> SIZE=5000") == (
+        552, "552 5.3.4 Message size exceeds fixed limit")
+    assert client.command("MAIL FROM:<a@example.org> SIZE=100")[0] == 250
+    assert client.command("RCPT TO:<b@example.test>")[0] == 250
+    assert client.command("DATA")[0] == 354
+    client.send(b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 1 + (b"y" * 78 + b"\r\n") * 100 + b".\r\n")
+    assert client.reply() == (552, "552 5.3.4 Error: message file too big")
+    # The session goes on after the refused message.
+    assert client.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert mta.queue_json() == []
+
+
+def test_recipient_limit(make_mta, connect):
+    mta = make_mta({"smtpd_recipient_limit": "3"})
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    client.command("MAIL FROM:<a@example.org>")
+    for n in range(3):
+        assert client.command(f"RCPT TO:<r{n}@example.test>")[0] == 250
+    assert client.command("RCPT TO:<r4@example.test>") == (452, "452 4.5.3 Error: too many recipients")
+
+
+def test_overlong_command_line(mta, connect):
+    client = connect(mta)
+    assert client.command("NOOP " + "x" * 5000) == (500, "500 5.5.2 Error: line too long")
+    assert client.command("NOOP") == (250, "250 2.0.0 Ok")
+
+
+def test_idle_client_times_out(make_mta, connect):
+    mta = make_mta({"smtpd_timeout": "1s"})
+    client = connect(mta)
+    started = time.monotonic()
+    code, text = client.reply()
+    assert code == 421 and "4.4.2" in text
+    assert time.monotonic() - started < 10
+    assert client.closed_by_server()
+    assert "timeout after CONNECT from" in mta.log_text()
+
+
+def test_mail_loop_is_refused(mta, connect):
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    client.command("MAIL FROM:<a@example.org>")
+    client.command("RCPT TO:<b@example.test>")
+    client.command("DATA")
+    hops = b"".join(b"Received: from hop%d.example by hop%d.example;\r\n" % (n, n) for n in range(60))
+    client.send(hops + b"Subject: loop\r\n\r\nbody\r\n.\r\n")
+    assert client.reply() == (554, "554 5.4.6 Too many hops")
+    assert mta.queue_json() == []
+
+
+def test_unicode_address_needs_smtputf8(mta, connect):
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    assert client.command("MAIL FROM:<jöran@example.org>")[0] == 553
+    assert client.command("MAIL FROM:<jöran@example.org> SMTPUTF8")[0] == 250
+    assert client.command("RCPT TO:<ünï@example.test>")[0] == 250
+
+
+def test_maillog_lines_in_postfix_format(mta):
+    with smtplib.SMTP(mta.host, mta.port, timeout=15) as client:
+        client.sendmail("alice@example.org", ["bob@example.test"], MESSAGE)
+    deadline = time.monotonic() + 5
+    while "disconnect from" not in mta.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = mta.log_text()
+    qid = mta.queue_json()[0]["queue_id"]
+    prefix = r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d mx\.example\.test pyfastmta/(\w+)\[\d+\]: "
+    assert re.search(prefix + r"connect from localhost\[127\.0\.0\.1\]$", text, re.M)
+    assert re.search(prefix + qid + r": client=localhost\[127\.0\.0\.1\]$", text, re.M)
+    assert re.search(prefix + qid + r": message-id=<", text, re.M)
+    assert re.search(prefix + qid + r": from=<alice@example\.org>, size=\d+, nrcpt=1 \(queue active\)$",
+                     text, re.M)
+    assert re.search(prefix + r"disconnect from localhost\[127\.0\.0\.1\] ehlo=1 mail=1 rcpt=1 data=1"
+                     r" quit=1 commands=5$", text, re.M)
