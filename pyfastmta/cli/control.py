@@ -45,7 +45,7 @@ def start(config, foreground: bool) -> int:
     os.close(write_fd)
     os.waitpid(child, 0)
     chunks = []
-    while True:
+    while not chunks or not chunks[-1].endswith(b"\n"):
         chunk = os.read(read_fd, 4096)
         if not chunk:
             break

@@ -11,6 +11,7 @@ commands:
   stop | reload | status
   postconf [-d | -n | -h | -x | -M] [name ...]
   postqueue -p | -j      list the queue (mailq: same as postqueue -p)
+  postcat [-ebh] -q ID   show a queued message
 """
 
 
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return postqueue.run(rest if command == "postqueue" else ["-p"] + rest,
                              config.get("queue_directory"))
+    if command == "postcat":
+        from pyfastmta.cli import postcat
+
+        return postcat.run(rest, config.get("queue_directory"))
     from pyfastmta.cli import control
 
     if command in ("start", "start-fg"):

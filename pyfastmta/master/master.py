@@ -151,6 +151,8 @@ class Master:
             code = 1
             try:
                 self.pidfile.close_inherited()
+                if self.notify_fd is not None:
+                    os.close(self.notify_fd)
                 os.close(self._alive_w)
                 os.close(self._ready_r)
                 for index, socks in enumerate(self.listeners):

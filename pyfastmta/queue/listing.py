@@ -10,8 +10,9 @@ import os
 
 import msgspec
 
-from pyfastmta.queue.index import LISTED_QUEUES, QueueIndex
-from pyfastmta.queue.segment import list_segments, read_segment
+from pyfastmta.queue.envelope import Envelope
+from pyfastmta.queue.index import LISTED_QUEUES, QueueEntry, QueueIndex
+from pyfastmta.queue.segment import list_segments, read_range, read_segment, segment_name
 
 _PARTITION_PREFIX = "partition."
 
@@ -40,17 +41,32 @@ def _partition_directories(queue_directory: str) -> list[str]:
     return [path for _index, path in sorted(found)]
 
 
+def _partition_entries(directory: str) -> dict[str, QueueEntry]:
+    index = QueueIndex()
+    for sequence, path in list_segments(directory):
+        data = read_segment(path)
+        if data is not None:
+            index.replay(sequence, data)
+    return index.entries
+
+
+def read_message(queue_directory: str, queue_id: str) -> tuple[str, Envelope, bytes] | None:
+    """(queue name, envelope, stored content) of a live message, or None when there is none."""
+    for directory in _partition_directories(queue_directory):
+        entry = _partition_entries(directory).get(queue_id)
+        if entry is not None:
+            content = read_range(os.path.join(directory, segment_name(entry.segment)),
+                                 entry.content_offset, entry.content_length)
+            return entry.queue_name, entry.envelope, content
+    return None
+
+
 def scan_queue(queue_directory: str) -> list[QueuedMessage]:
     """Messages in all partitions, in Postfix's queue order (active, incoming, deferred, hold),
     oldest first within a queue. Only recipients that are not final are listed."""
     messages = []
     for directory in _partition_directories(queue_directory):
-        index = QueueIndex()
-        for sequence, path in list_segments(directory):
-            data = read_segment(path)
-            if data is not None:
-                index.replay(sequence, data)
-        for entry in index.entries.values():
+        for entry in _partition_entries(directory).values():
             envelope = entry.envelope
             recipients = [QueuedRecipient(envelope.recipients[i].address, entry.reasons[i])
                           for i in entry.pending_recipients()]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-PYFASTMTA = [sys.executable, "-m", "pyfastmta"]
+# The installed console script, as a user runs it (never the source tree's package).
+PYFASTMTA = [os.path.join(os.path.dirname(sys.executable), "pyfastmta")]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -84,7 +84,10 @@ def test_pipelined_transaction_in_one_write(mta, connect):
     queue = {m["queue_id"]: m for m in mta.queue_json()}
     assert queue[first]["sender"] == "a@example.org"
     assert len(queue[first]["recipients"]) == 2
-    assert queue[second]["sender"] == ""
+    assert queue[second]["sender"] == "MAILER-DAEMON"  # as Postfix's postqueue -j shows <>
+    stored = mta.cli("postcat", "-bh", "-q", second).stdout
+    assert "Subject: two\n" in stored
+    assert "\n.leading dot\n" in stored
 
 
 def test_command_errors_and_replies(mta, connect):

@@ -69,7 +69,7 @@ def test_missing_headers_are_added_for_local_clients():
     message = parse(result.content)
     assert message["From"] == "alice@example.org"
     assert email.utils.parsedate_to_datetime(message["Date"]).timestamp() == 1_790_000_000
-    assert message["Message-Id"] == "<20260922141320.1A2B3C4D5E6F@mx.example.test>"
+    assert message["Message-Id"] == "<20260921141320.1A2B3C4D5E6F@mx.example.test>"
     assert result.message_id == message["Message-Id"]
     assert message["Subject"] == "bare"
     assert message.get_payload() == "body\r\n"

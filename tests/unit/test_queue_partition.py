@@ -19,7 +19,6 @@ from pyfastmta.queue.partition import Partition, QueueWriteError, partition_dire
 from pyfastmta.queue.record import HEADER_SIZE
 from pyfastmta.queue.segment import list_segments
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -394,11 +393,11 @@ CHILD = textwrap.dedent("""
 
 
 def test_every_acknowledged_message_survives_sigkill(tmp_path, loop_kind):
-    environment = dict(os.environ, PYTHONPATH=PROJECT)
+    environment = dict(os.environ)
     acknowledged = {}
     for round_number in range(3):
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(round_number * 10**7), loop_kind],
-                                 stdout=subprocess.PIPE, env=environment, text=True)
+                                 stdout=subprocess.PIPE, env=environment, text=True, cwd=tmp_path)
         try:
             assert child.stdout.readline() == "ready\n"
             time.sleep(random.uniform(0.05, 0.4))
