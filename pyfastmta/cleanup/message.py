@@ -51,6 +51,23 @@ def received_header(*, helo: str | None, client_name: str, client_addr: str, myh
     return "".join(lines)
 
 
+def _truncate_oversized_fields(content, block, limit: int) -> bytes:
+    """header_size_limit: the excess of a larger header is discarded, as Postfix does; the
+    message itself is kept."""
+    view = memoryview(content)
+    parts = []
+    position = 0
+    for index in range(len(block)):
+        start, end = block.field_span(index)
+        if end - start > limit:
+            parts.append(view[position:start])
+            kept = bytes(view[start:start + limit]).rstrip(b"\r\n")
+            parts.append(kept + b"\r\n")
+            position = end
+    parts.append(view[position:])
+    return b"".join(parts)
+
+
 class CleanMessage:
     __slots__ = ("content", "message_id")
 
@@ -66,6 +83,9 @@ def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: 
     if now is None:
         now = time.time()
     block = scan_headers(content, settings.header_size_limit)
+    if block.oversized:
+        content = _truncate_oversized_fields(content, block, settings.header_size_limit)
+        block = scan_headers(content, settings.header_size_limit)
     hops = block.count(b"received", b"delivered-to")
     if hops >= settings.hopcount_limit:
         raise Rejected("554 5.4.6 Too many hops")

@@ -10,7 +10,6 @@ commands that followed the message (pipelined in the same read) processed.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 
 from pyfastmta._ext.smtpproto import SmtpServerParser, parse_path_argument
@@ -79,9 +78,8 @@ class SmtpSession(asyncio.Protocol):
         self.client_port = peer[1] if peer else 0
         self.local_addr = sock[0] if sock else ""
         settings = self.settings
-        address = ipaddress.ip_address(addr)
-        self.in_mynetworks = settings.in_mynetworks(address)
-        self.local_client = self._is_local_client(address)
+        self.in_mynetworks, loopback = settings.classify_client(addr)
+        self.local_client = self._is_local_client(loopback)
         self.parser = SmtpServerParser(self, settings.line_length_limit, settings.message_size_limit)
         self.server.session_started(self)
         self._last_activity = self.server.loop.time()
@@ -382,10 +380,10 @@ class SmtpSession(asyncio.Protocol):
             self._log_reject("END-OF-MESSAGE", "552 5.3.4 Error: message file too big", None)
             self._reset_transaction()
             return None
-        self.server.loop.create_task(self._queue_message(content))
+        self._queue_message(content)
         return True
 
-    async def _queue_message(self, content: bytes) -> None:
+    def _queue_message(self, content: bytes) -> None:
         queue_id = self.queue_id
         recipients = self.recipients
         protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") if self.esmtp else "SMTP"
@@ -397,29 +395,49 @@ class SmtpSession(asyncio.Protocol):
                 client_name=self.client_name, client_addr=self.client_addr, protocol=protocol,
                 local_client=self.local_client, now=now,
             )
-            envelope = Envelope(
-                queue_id=queue_id, sender=self.sender, recipients=recipients, arrival_time=now,
-                client_name=self.client_name, client_addr=self.client_addr,
-                client_port=self.client_port, helo_name=self.helo_name or "", protocol=protocol,
-                size=len(message.content), body_type=self.body_type, smtputf8=self.smtputf8,
-            )
-            await self.server.partition.enqueue(envelope, message.content)
         except Rejected as rejected:
             self._count("data", False)
             self._log_reject("END-OF-MESSAGE", rejected.reply, None)
             self.reply(rejected.reply)
-        except Exception as exc:  # the queue could not make the message durable: never say 250
-            self._count("data", False)
-            self.server.log("smtpd", f"warning: {queue_id}: queue file write error: {exc}")
-            self.reply("451 4.3.0 Error: queue file write error")
-        else:
-            self._count("data", True)
-            log = self.server.log
-            if message.message_id is not None:
-                log("cleanup", f"{queue_id}: message-id={message.message_id}")
-            log("qmgr", f"{queue_id}: from=<{self.sender}>, size={len(message.content)},"
-                        f" nrcpt={len(recipients)} (queue active)")
-            self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
+            self._transaction_done()
+            return
+        envelope = Envelope(
+            queue_id=queue_id, sender=self.sender, recipients=recipients, arrival_time=now,
+            client_name=self.client_name, client_addr=self.client_addr,
+            client_port=self.client_port, helo_name=self.helo_name or "", protocol=protocol,
+            size=len(message.content), body_type=self.body_type, smtputf8=self.smtputf8,
+        )
+        try:
+            durable = self.server.partition.enqueue(envelope, message.content)
+        except Exception as exc:
+            self._queue_failed(exc)
+            return
+        durable.add_done_callback(lambda future: self._queued(future, envelope, message.message_id))
+
+    def _queued(self, future, envelope: Envelope, message_id: str | None) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._queue_failed(exc)
+            return
+        self._count("data", True)
+        queue_id = envelope.queue_id
+        log = self.server.log
+        if message_id is not None:
+            log("cleanup", f"{queue_id}: message-id={message_id}")
+        log("qmgr", f"{queue_id}: from=<{envelope.sender}>, size={envelope.size},"
+                    f" nrcpt={len(envelope.recipients)} (queue active)")
+        self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
+        self._transaction_done()
+
+    def _queue_failed(self, exc: BaseException) -> None:
+        """The queue could not make the message durable: the client never hears 250."""
+        self._count("data", False)
+        self.server.log("smtpd", f"warning: {self.queue_id}: queue file write error: {exc}")
+        self.reply("451 4.3.0 Error: queue file write error")
+        self._transaction_done()
+
+    def _transaction_done(self) -> None:
+        """After the reply to end-of-data: go on with what the client pipelined behind it."""
         self._reset_transaction()
         if self.transport is None:
             return
@@ -429,15 +447,20 @@ class SmtpSession(asyncio.Protocol):
             self.closing = True
             self.flush_replies()
             return
+        self.server.loop.call_soon(self._resume_parser)
+
+    def _resume_parser(self) -> None:
+        if self.transport is None:
+            return
         self.parser.resume()
         self.flush_replies()
 
     # ---- helpers -------------------------------------------------------------------------------
 
-    def _is_local_client(self, address) -> bool:
+    def _is_local_client(self, loopback: bool) -> bool:
         for entry in self.settings.local_header_rewrite_clients:
             if entry == "permit_inet_interfaces":
-                if address.is_loopback or self.client_addr == self.local_addr:
+                if loopback or self.client_addr == self.local_addr:
                     return True
             elif entry == "permit_mynetworks":
                 if self.in_mynetworks:

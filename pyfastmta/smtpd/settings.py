@@ -42,6 +42,19 @@ class SmtpdSettings:
         self.local_header_rewrite_clients = list(get("local_header_rewrite_clients"))
         self.cleanup = CleanupSettings(config)
         self.ehlo_reply = self._ehlo_reply()
+        self._clients: dict[str, tuple[bool, bool]] = {}
+
+    def classify_client(self, addr: str) -> tuple[bool, bool]:
+        """(in mynetworks, is loopback) for a client address, cached: a busy relay sees the same
+        few senders over and over, and parsing an address costs more than the rest of a connect."""
+        known = self._clients.get(addr)
+        if known is None:
+            address = ipaddress.ip_address(addr)
+            known = (self.in_mynetworks(address), address.is_loopback)
+            if len(self._clients) >= 65536:
+                self._clients.clear()
+            self._clients[addr] = known
+        return known
 
     def _ehlo_reply(self) -> bytes:
         lines = [self.myhostname, "PIPELINING"]

@@ -90,6 +90,20 @@ def test_too_many_hops():
     assert rejected.value.reply == "554 5.4.6 Too many hops"
 
 
+def test_oversized_header_is_truncated_and_the_message_kept():
+    big = b"X-Big: " + b"a" * 200_000 + b"\r\n"
+    result = clean_message(
+        b"Subject: s\r\n" + big + b"X-After: yes\r\n\r\nbody\r\n", settings=SETTINGS,
+        queue_id="AB", sender="a@b", recipients=["c@d"], helo="h", client_name="unknown",
+        client_addr="192.0.2.1", protocol="ESMTP", local_client=False, now=0)
+    message = parse(result.content)
+    assert message["Subject"] == "s"
+    assert message["X-After"] == "yes"
+    assert len(message["X-Big"]) < SETTINGS.header_size_limit
+    assert message["X-Big"].startswith("aaaa")
+    assert message.get_payload() == "body\r\n"
+
+
 header_names = st.sampled_from(["Subject", "X-Tag", "Comments", "Keywords", "To", "Cc", "Reply-To"])
 header_values = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40)
 
