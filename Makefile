@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEBIAN_PACKAGES := postfix swaks
 PYTEST_ARGS ?=
 
-.PHONY: run test bench build sysdeps sanitize fuzz clean
+.PHONY: run test bench bench-micro build sysdeps sanitize clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: build sysdeps
 
 bench: build sysdeps
 	$(BIN)/python bench/accept_race.py
+
+# Each ext parser against a plain-Python version of it.
+bench-micro: build
+	$(BIN)/pytest -q -p no:cacheprovider --benchmark-enable --benchmark-columns=min,median,ops bench/test_micro_ext.py
 
 # ext/ built with AddressSanitizer and UBSan, then the parser tests and a bounded fuzz pass.
 sanitize: $(BIN)/python

@@ -6,21 +6,26 @@ Log tools written for Postfix (pflogsumm and friends) parse these lines, so the 
 host, `syslog_name/program[pid]:`, then the event text — stays exactly Postfix's.
 
 Inside an event loop lines are gathered and written with one write per loop iteration; a process
-without a loop (the master, the CLI) writes each line at once.
+without a loop (the master, the CLI) writes each line at once. Without maillog_file a daemon logs
+to syslog (facility mail) as Postfix does, and a process in the foreground to stderr.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import syslog
 import time
 
 
 class Maillog:
-    def __init__(self, path: str | None, hostname: str, syslog_name: str = "pyfastmta"):
+    def __init__(self, path: str | None, hostname: str, syslog_name: str = "pyfastmta",
+                 daemon: bool = False):
         self._path = path or None
         self._hostname = hostname
         self._syslog_name = syslog_name
+        self._use_syslog = daemon and not path
+        self._syslog_ident = ""
         self._fd = self._open(path)
         self._pending: list[str] = []
         self._loop = None
@@ -37,6 +42,10 @@ class Maillog:
         if directory:
             os.makedirs(directory, exist_ok=True)
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    @classmethod
+    def for_config(cls, config, daemon: bool) -> "Maillog":
+        return cls(config.get("maillog_file"), config.get("myhostname"), config.get("syslog_name"), daemon)
 
     def attach_loop(self, loop) -> None:
         """Batch writes per loop iteration from now on (called in a worker after its loop exists)."""
@@ -59,6 +68,13 @@ class Maillog:
         return self._stamp
 
     def log(self, program: str, text: str) -> None:
+        if self._use_syslog:
+            ident = f"{self._syslog_name}/{program}"
+            if ident != self._syslog_ident:
+                syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_MAIL)
+                self._syslog_ident = ident
+            syslog.syslog(syslog.LOG_INFO, text)
+            return
         line = f"{self._timestamp()} {self._hostname} {self._syslog_name}/{program}[{self._pid}]: {text}\n"
         if self._loop is None:
             self._write(line)

@@ -32,14 +32,12 @@ def start(config, foreground: bool) -> int:
         if os.fork() > 0:
             os._exit(0)
         devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        if config.get("maillog_file"):
-            os.dup2(devnull, 2)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
         os.close(devnull)
         code = 1
         try:
-            code = Master(config, notify_fd=write_fd).run()
+            code = Master(config, notify_fd=write_fd, daemon=True).run()
         finally:
             os._exit(code)
     os.close(write_fd)

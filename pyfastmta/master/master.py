@@ -61,10 +61,11 @@ class WorkerSlot:
 
 
 class Master:
-    def __init__(self, config, notify_fd: int | None = None):
+    def __init__(self, config, notify_fd: int | None = None, daemon: bool = False):
         self.config = config
         self.notify_fd = notify_fd
-        self.maillog = Maillog(config.get("maillog_file"), config.get("myhostname"), config.get("syslog_name"))
+        self.daemon = daemon
+        self.maillog = Maillog.for_config(config, daemon)
         self.listeners: list[list[tuple[object, socket.socket]]] = []
         self.slots: list[WorkerSlot] = []
         self.stopping = False
@@ -160,7 +161,7 @@ class Master:
                         for _service, sock in socks:
                             sock.close()
                 worker = Worker(slot.index, self.config, self.listeners[slot.index],
-                                self._ready_w, self._alive_r)
+                                self._ready_w, self._alive_r, self.daemon)
                 code = worker.run()
             except BaseException:
                 self.maillog.log("worker", "fatal: " + traceback.format_exc().replace("\n", " | "))

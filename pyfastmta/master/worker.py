@@ -6,6 +6,7 @@ Created by the master with fork(); the loop is created here, after the fork, nev
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -27,12 +28,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class Worker:
-    def __init__(self, index: int, config, listeners, ready_fd: int, master_alive_fd: int):
+    def __init__(self, index: int, config, listeners, ready_fd: int, master_alive_fd: int,
+                 daemon: bool = False):
         self.index = index
         self.config = config
         self.listeners = listeners  # [(service, socket)]
         self.ready_fd = ready_fd
         self.master_alive_fd = master_alive_fd
+        self.daemon = daemon
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_requested: asyncio.Event | None = None
         self.factories: dict[int, object] = {}
@@ -54,7 +57,7 @@ class Worker:
     async def _serve(self) -> int:
         config = self.config
         loop = self.loop
-        self.maillog = Maillog(config.get("maillog_file"), config.get("myhostname"), config.get("syslog_name"))
+        self.maillog = Maillog.for_config(config, self.daemon)
         self.maillog.attach_loop(loop)
         partition = Partition(
             config.get("queue_directory"), self.index,
@@ -64,6 +67,10 @@ class Worker:
         )
         report = partition.recover()
         self.maillog.log("qmgr", f"partition {self.index}: recovered {report}")
+        # What exists now (configuration, the recovered queue index) lives as long as the worker:
+        # keep the collector from walking it again at every full collection.
+        gc.collect()
+        gc.freeze()
         self.server = SmtpServer(loop, partition, self.maillog)
         self.stop_requested = asyncio.Event()
         servers = []
@@ -94,6 +101,8 @@ class Worker:
         except ConfigError as error:
             self.maillog.log("master", f"warning: reload: {error}; keeping the running configuration")
             return
+        if config.get("maillog_file") != self.config.get("maillog_file"):
+            self.maillog.reopen(config.get("maillog_file"))
         self.config = config
         services = {svc.name: svc for svc in config.smtpd_services()}
         for key, (service, _sock) in enumerate(self.listeners):

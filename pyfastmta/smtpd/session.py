@@ -21,6 +21,9 @@ _COMMAND_NAMES = {
     b"RSET": "rset", b"NOOP": "noop", b"QUIT": "quit", b"VRFY": "vrfy", b"HELP": "help",
 }
 
+# Bytes a paused session buffers before it stops reading from the client.
+PAUSED_BUFFER_LIMIT = 65536
+
 _HELP_REPLY = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 
@@ -34,7 +37,6 @@ class SmtpSession(asyncio.Protocol):
         self.client_addr = ""
         self.client_port = 0
         self.client_name = "unknown"
-        self.local_addr = ""
         self.helo_name: str | None = None
         self.esmtp = False
         self.in_mynetworks = False
@@ -70,13 +72,11 @@ class SmtpSession(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
         addr = peer[0] if peer else "127.0.0.1"
         if addr.startswith("::ffff:") and "." in addr:
             addr = addr[7:]
         self.client_addr = addr
         self.client_port = peer[1] if peer else 0
-        self.local_addr = sock[0] if sock else ""
         settings = self.settings
         self.in_mynetworks, loopback = settings.classify_client(addr)
         self.local_client = self._is_local_client(loopback)
@@ -116,8 +116,12 @@ class SmtpSession(asyncio.Protocol):
             self._early_data.append(data)
             return
         self._last_activity = self.server.loop.time()
-        self.parser.feed(data)
+        parser = self.parser
+        parser.feed(data)
         self.flush_replies()
+        if parser.paused and parser.buffered > PAUSED_BUFFER_LIMIT and self.transport is not None:
+            # A client that keeps sending while its message is being committed waits in TCP.
+            self.transport.pause_reading()
 
     def connection_lost(self, exc) -> None:
         if self._timer is not None:
@@ -194,6 +198,7 @@ class SmtpSession(asyncio.Protocol):
         if self.transport is None:
             return
         self.flush_replies()
+        self.transport.resume_reading()
         self.parser.resume()
         self.flush_replies()
 
@@ -452,15 +457,21 @@ class SmtpSession(asyncio.Protocol):
     def _resume_parser(self) -> None:
         if self.transport is None:
             return
+        self.transport.resume_reading()
         self.parser.resume()
         self.flush_replies()
 
     # ---- helpers -------------------------------------------------------------------------------
 
+    def _client_is_own_address(self) -> bool:
+        """A client connecting from one of this host's addresses (it reached us from it)."""
+        sock = self.transport.get_extra_info("sockname")
+        return bool(sock) and sock[0] in (self.client_addr, "::ffff:" + self.client_addr)
+
     def _is_local_client(self, loopback: bool) -> bool:
         for entry in self.settings.local_header_rewrite_clients:
             if entry == "permit_inet_interfaces":
-                if loopback or self.client_addr == self.local_addr:
+                if loopback or self._client_is_own_address():
                     return True
             elif entry == "permit_mynetworks":
                 if self.in_mynetworks:

@@ -33,6 +33,16 @@ def test_status_start_twice_and_stop(mta):
     assert "terminating on signal 15" in mta.log_text()
 
 
+def test_start_returns_when_its_output_is_a_pipe_and_no_maillog_file_is_set(make_mta):
+    """A daemon must not keep the caller's stdout/stderr open (it logs to syslog then)."""
+    mta = make_mta(start=False)
+    mta.write_config({"queue_directory": str(mta.spool), "mydestination": "localhost"})
+    result = mta.cli("start", timeout=30)
+    assert "starting the mail system" in result.stderr
+    assert send_one(mta, recipient="bob@localhost")
+    mta.cli("stop", timeout=60)
+
+
 def test_bad_configuration_is_refused_with_file_and_line(make_mta):
     mta = make_mta(start=False)
     text = (mta.dir / "main.cf").read_text()

@@ -224,3 +224,18 @@ def test_maillog_lines_in_postfix_format(mta):
                      text, re.M)
     assert re.search(prefix + r"disconnect from localhost\[127\.0\.0\.1\] ehlo=1 mail=1 rcpt=1 data=1"
                      r" quit=1 commands=5$", text, re.M)
+
+
+def test_commands_pipelined_behind_a_message_wait_in_tcp_not_in_memory(mta, connect):
+    """Far more than the paused-session buffer arrives while the message is committed; every
+    command still gets its reply, in order."""
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+    assert [client.reply()[0] for _ in range(3)] == [250, 250, 354]
+    count = 30000
+    client.send(b"Subject: s\r\n\r\nbody\r\n.\r\n" + b"NOOP\r\n" * count + b"QUIT\r\n")
+    assert client.reply()[0] == 250
+    codes = [client.reply()[0] for _ in range(count)]
+    assert codes == [250] * count
+    assert client.reply()[0] == 221

@@ -19,7 +19,7 @@ from pyfastmta.config.errors import ExpansionError
 from pyfastmta.config.expansion import expand, referenced_names
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
-needs_postfix = pytest.mark.skipif(not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
+needs_postfix = pytest.mark.skipif(not os.environ.get("CI") and not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
 
 # A parameter Postfix knows but pyfastmta does not: referring to the user-defined names from it
 # makes Postfix treat them as used, so that it prints their values.

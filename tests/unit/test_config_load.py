@@ -233,14 +233,14 @@ def _postfix_mynetworks(directory: Path, style: str) -> list[str]:
     return result.stdout.split()
 
 
-@pytest.mark.skipif(not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
+@pytest.mark.skipif(not os.environ.get("CI") and not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
 @pytest.mark.parametrize("style", ["host", "subnet", "class"])
 def test_mynetworks_default_matches_postfix(tmp_path, style):
     expected = _postfix_mynetworks(tmp_path, style)
     assert load_config(str(tmp_path)).get("mynetworks") == expected
 
 
-@pytest.mark.skipif(not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
+@pytest.mark.skipif(not os.environ.get("CI") and not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
 def test_master_cf_listing_matches_postfix(tmp_path):
     # Postfix prints a braced argument that follows the command or an option without its braces,
     # which changes its meaning; pyfastmta keeps them, so that case is left out here.
