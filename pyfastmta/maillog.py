@@ -5,8 +5,9 @@
 Log tools written for Postfix (pflogsumm and friends) parse these lines, so the layout — timestamp,
 host, `syslog_name/program[pid]:`, then the event text — stays exactly Postfix's.
 
-Inside an event loop lines are gathered and written with one write per loop iteration; a process
-without a loop (the master, the CLI) writes each line at once. Without maillog_file a daemon logs
+Inside an event loop lines are gathered for at most FLUSH_DELAY seconds or FLUSH_LINES lines and
+written with one write (an append costs as much as a reply to a client); a process without a loop
+(the master, the CLI) writes each line at once. Without maillog_file a daemon logs
 to syslog (facility mail) as Postfix does, and a process in the foreground to stderr.
 """
 
@@ -16,6 +17,10 @@ import os
 import sys
 import syslog
 import time
+
+
+FLUSH_DELAY = 0.05
+FLUSH_LINES = 256
 
 
 class Maillog:
@@ -79,10 +84,13 @@ class Maillog:
         if self._loop is None:
             self._write(line)
             return
-        self._pending.append(line)
-        if not self._flush_scheduled:
+        pending = self._pending
+        pending.append(line)
+        if len(pending) >= FLUSH_LINES:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            self._loop.call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -79,7 +79,7 @@ class Partition:
         self._batch: list[tuple] = []
         self._batch_since = 0.0
         self._in_flight: asyncio.Future | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._closing = False
         self._commits = 0
         self._failed_commits = 0
@@ -222,10 +222,15 @@ class Partition:
             self._batch_since = loop.time()
         batch.append((buffers, size, apply, waiter))
         if self._in_flight is None:
-            if self.commit_delay <= 0 or len(batch) >= self.commit_batch:
+            if len(batch) >= self.commit_batch:
                 self._start_commit()
             elif self._timer is None:
-                self._timer = loop.call_later(self.commit_delay, self._on_timer)
+                if self.commit_delay <= 0:
+                    # Still no waiting: the commit starts at the end of this loop iteration, so
+                    # the records of every session served in the same iteration share its fsync.
+                    self._timer = loop.call_soon(self._on_timer)
+                else:
+                    self._timer = loop.call_later(self.commit_delay, self._on_timer)
         return waiter
 
     def _on_timer(self) -> None:

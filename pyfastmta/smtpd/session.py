@@ -21,6 +21,15 @@ _COMMAND_NAMES = {
     b"RSET": "rset", b"NOOP": "noop", b"QUIT": "quit", b"VRFY": "vrfy", b"HELP": "help",
 }
 
+# Control characters from the client never reach a header or a log line (a bare CR in HELO
+# would otherwise start a header line of the client's choosing in Received:).
+_UNPRINTABLE = {code: "?" for code in [*range(0x20), 0x7F]}
+
+
+def printable(arg: bytes) -> str:
+    return arg.decode("utf-8", "surrogateescape").translate(_UNPRINTABLE)
+
+
 # Bytes a paused session buffers before it stops reading from the client.
 PAUSED_BUFFER_LIMIT = 65536
 
@@ -222,13 +231,13 @@ class SmtpSession(asyncio.Protocol):
             self.reply(f"421 4.3.2 {self.settings.myhostname} Service shutting down, closing transmission channel")
             self.closing = True
             return True
-        return getattr(self, "smtp_" + name)(arg)
+        return _HANDLERS[verb](self, arg)
 
     def smtp_ehlo(self, arg: bytes):
         if not arg:
             return self._error("ehlo", "501 Syntax: EHLO hostname")
         self._reset_transaction()
-        self.helo_name = arg.decode("utf-8", "surrogateescape")
+        self.helo_name = printable(arg)
         self.esmtp = True
         self._count("ehlo", True)
         self._out.append(self.settings.ehlo_reply)
@@ -237,7 +246,7 @@ class SmtpSession(asyncio.Protocol):
         if not arg:
             return self._error("helo", "501 Syntax: HELO hostname")
         self._reset_transaction()
-        self.helo_name = arg.decode("utf-8", "surrogateescape")
+        self.helo_name = printable(arg)
         self.esmtp = False
         self._count("helo", True)
         self.reply(f"250 {self.settings.myhostname}")
@@ -366,7 +375,7 @@ class SmtpSession(asyncio.Protocol):
         if not arg:
             return self._error("vrfy", "501 5.5.4 Syntax: VRFY address")
         self._count("vrfy", True)
-        text = arg.decode("utf-8", "surrogateescape")
+        text = printable(arg)
         if text.startswith("<") and text.endswith(">"):
             text = text[1:-1]
         self.reply(f"252 2.0.0 {text}")
@@ -432,7 +441,7 @@ class SmtpSession(asyncio.Protocol):
         log("qmgr", f"{queue_id}: from=<{envelope.sender}>, size={envelope.size},"
                     f" nrcpt={len(envelope.recipients)} (queue active)")
         self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
-        self._transaction_done()
+        self._transaction_done(in_parser_callback=False)
 
     def _queue_failed(self, exc: BaseException) -> None:
         """The queue could not make the message durable: the client never hears 250."""
@@ -441,7 +450,7 @@ class SmtpSession(asyncio.Protocol):
         self.reply("451 4.3.0 Error: queue file write error")
         self._transaction_done()
 
-    def _transaction_done(self) -> None:
+    def _transaction_done(self, in_parser_callback: bool = True) -> None:
         """After the reply to end-of-data: go on with what the client pipelined behind it."""
         self._reset_transaction()
         if self.transport is None:
@@ -452,7 +461,10 @@ class SmtpSession(asyncio.Protocol):
             self.closing = True
             self.flush_replies()
             return
-        self.server.loop.call_soon(self._resume_parser)
+        if in_parser_callback:
+            self.server.loop.call_soon(self._resume_parser)  # the parser may not be re-entered
+        else:
+            self._resume_parser()
 
     def _resume_parser(self) -> None:
         if self.transport is None:
@@ -479,3 +491,6 @@ class SmtpSession(asyncio.Protocol):
             elif entry == "static:all":
                 return True
         return False
+
+
+_HANDLERS = {verb: getattr(SmtpSession, "smtp_" + name) for verb, name in _COMMAND_NAMES.items()}

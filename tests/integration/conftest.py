@@ -124,6 +124,15 @@ class Mta:
         output = self.cli("postqueue", "-j").stdout
         return [json.loads(line) for line in output.splitlines() if line.strip()]
 
+    def logged(self, text: str, timeout: float = 10) -> bool:
+        """Whether `text` appears in the maillog within `timeout` (workers write it in batches)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def log_text(self) -> str:
         try:
             return self.maillog.read_text(errors="replace")

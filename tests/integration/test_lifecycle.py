@@ -30,7 +30,7 @@ def test_status_start_twice_and_stop(mta):
     result = mta.cli("status", check=False)
     assert result.returncode == 1 and "not running" in result.stderr
     assert not (mta.spool / "pid" / "master.pid").exists()
-    assert "terminating on signal 15" in mta.log_text()
+    assert mta.logged("terminating on signal 15")
 
 
 def test_start_returns_when_its_output_is_a_pipe_and_no_maillog_file_is_set(make_mta):
@@ -133,7 +133,7 @@ def test_dead_worker_is_replaced(mta):
     ids = {send_one(mta) for _ in range(10)}
     queued = {m["queue_id"] for m in mta.queue_json()}
     assert {first} | ids <= queued
-    assert "killed by signal 9" in mta.log_text()
+    assert mta.logged("killed by signal 9")
 
 
 def test_crash_loses_no_acknowledged_message(mta):
