@@ -30,7 +30,7 @@ class PeernameCache:
             infos = await self._loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             if any(info[4][0] == addr for info in infos):
                 name = host
-        except (OSError, UnicodeError):
+        except Exception:  # noqa: BLE001 - any failure to name the client leaves it "unknown"
             pass
         self._names[addr] = (name, time.monotonic() + CACHE_SECONDS)
         return name
