@@ -473,7 +473,7 @@ class SmtpSession(asyncio.Protocol):
         self.parser.resume()
         self.flush_replies()
 
-    # ---- helpers -------------------------------------------------------------------------------
+    # ---- client classification -------------------------------------------------------------
 
     def _client_is_own_address(self) -> bool:
         """A client connecting from one of this host's addresses (it reached us from it)."""

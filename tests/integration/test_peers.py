@@ -1,4 +1,4 @@
-"""Other real clients than the ones the issue names: Postfix's smtp-source with reused sessions
+"""Clients beyond smtplib and raw sockets: Postfix's smtp-source with reused sessions
 and many recipients, swaks pipelining 8-bit mail, and the installed CLI."""
 
 from __future__ import annotations
