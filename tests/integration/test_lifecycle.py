@@ -6,8 +6,11 @@ import os
 import signal
 import smtplib
 import socket
+import subprocess
 import threading
 import time
+
+import pytest
 
 MESSAGE = "Subject: test\r\n\r\nbody\r\n"
 
@@ -178,3 +181,42 @@ def test_crash_loses_no_acknowledged_message(mta):
     assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
     # The server works after the crash.
     assert send_one(mta) in {m["queue_id"] for m in mta.queue_json()}
+
+
+def test_full_queue_disk_answers_451_and_keeps_what_it_acknowledged(make_mta, connect):
+    """The queue's file system fills up: clients hear 451, never 250 for what was not kept, and
+    everything acknowledged before stays listed."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("mounting a small tmpfs needs root")
+    mta = make_mta(start=False)
+    mta.spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mta.spool)], check=True)
+    try:
+        mta.start()
+        acknowledged, refused = [], []
+        body = b"Subject: filler\r\n\r\n" + (b"x" * 76 + b"\r\n") * 400
+        client = connect(mta)
+        client.command("EHLO client.example.org")
+        for _ in range(100):
+            client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+            assert [client.reply()[0] for _ in range(3)] == [250, 250, 354]
+            client.send(body + b".\r\n")
+            code, text = client.reply()
+            if code == 250:
+                acknowledged.append(text.rsplit(" ", 1)[1])
+            else:
+                refused.append(text)
+                if len(refused) >= 3:
+                    break
+        assert acknowledged and refused
+        assert all(text == "451 4.3.0 Error: queue file write error" for text in refused)
+        assert client.command("NOOP")[0] == 250  # the session goes on
+        queued = {m["queue_id"] for m in mta.queue_json()}
+        assert set(acknowledged) <= queued
+        assert len(queued) == len(acknowledged)
+        assert mta.logged("queue file write error")
+        mta.stop()
+        assert {m["queue_id"] for m in mta.queue_json()} == queued
+    finally:
+        mta.stop()
+        subprocess.run(["umount", str(mta.spool)], check=False)
