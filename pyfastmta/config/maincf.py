@@ -57,15 +57,20 @@ def parse_assignment(text: str, path: str, line: int) -> tuple[str, str]:
     return name, value.strip()
 
 
-def read_main_cf(path: str, warnings: list[str]) -> dict[str, Setting]:
-    """The settings of a main.cf file; a later definition of a name replaces an earlier one."""
+def read_lines(path: str) -> list[str]:
+    """The lines of a configuration file; a missing or unreadable file is a ConfigError."""
     try:
         with open(path, encoding="utf-8") as handle:
-            lines = handle.readlines()
+            return handle.readlines()
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, None, f"cannot read: {error}") from None
+
+
+def read_main_cf(path: str, warnings: list[str]) -> dict[str, Setting]:
+    """The settings of a main.cf file; a later definition of a name replaces an earlier one."""
+    lines = read_lines(path)
     settings: dict[str, Setting] = {}
     for line, text in logical_lines(lines, path, warnings):
         name, value = parse_assignment(text, path, line)

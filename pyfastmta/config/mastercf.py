@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from pyfastmta.config.errors import ConfigError
 from pyfastmta.config.expansion import NAME_CHARS
-from pyfastmta.config.maincf import Setting
+from pyfastmta.config.maincf import Setting, read_lines
 
 SERVICE_TYPES = ("inet", "unix", "unix-dgram", "fifo", "pass")
 COLUMNS = ("service", "type", "private", "unpriv", "chroot", "wakeup", "maxproc", "command")
@@ -124,13 +124,7 @@ def _override(tokens: list[_Token], index: int, path: str, line: int) -> Setting
 
 def parse_master_cf(path: str, default_process_limit: int) -> list[Service]:
     """The services of master.cf; listen addresses are filled in by the caller."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.readlines()
-    except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(path, None, f"cannot read: {error}") from None
+    lines = read_lines(path)
     services: list[Service] = []
     seen: dict[tuple[str, str], int] = {}
     for tokens in _entries(lines, path):
