@@ -38,7 +38,7 @@ sanitize: $(BIN)/python
 	PYFASTMTA_SANITIZE=1 $(BIN)/pip install -q --no-build-isolation --force-reinstall --no-deps .
 	$(BIN)/pip install -q atheris
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
-		$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_smtpproto.py tests/unit/test_headers.py
+		$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_smtpproto.py tests/unit/test_headers.py tests/unit/test_queue_partition.py
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
 		$(BIN)/python tests/fuzz/fuzz_ext.py -max_total_time=60
 

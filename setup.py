@@ -12,7 +12,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the build environment
     sys.exit("pyfastmta: Cython is required to build ext/ (pip install cython)")
 
-EXT_MODULES = ["smtpproto", "headers"]
+EXT_MODULES = ["smtpproto", "headers", "datasync"]
 
 compile_args = ["-O2"]
 link_args = []

@@ -9,9 +9,9 @@ Layout under queue_directory:
 Each worker process owns one partition, so nothing on the write path is shared between processes.
 
 Group commit: enqueue() and set_state() add an encoded record to the pending batch; a commit
-writes the batch with one write and one fdatasync in the partition's writer thread, so the event
-loop keeps serving sessions meanwhile, and every waiting call returns only after that fdatasync
-did. With commit_delay 0 a commit starts as soon as a record waits and none is in flight, and what
+writes the batch with one writev and hands its fdatasync to the partition's datasync thread (C,
+without the GIL: pyfastmta._ext.datasync), so the event loop keeps serving sessions meanwhile, and
+every waiting call returns only after that fdatasync did. With commit_delay 0 a commit starts as soon as a record waits and none is in flight, and what
 arrives during an fsync rides on the next one. With commit_delay > 0 records wait up to that long
 for company, or until commit_batch of them are waiting. No commit covers more than commit_batch
 records. A failed write or fdatasync fails every call of its batch (the session answers 451).
@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 
 import msgspec
 
+from pyfastmta._ext.datasync import DatasyncThread
 from pyfastmta.queue.envelope import Envelope
 from pyfastmta.queue.index import CORRUPT, HOLD, QueueEntry, QueueIndex
 from pyfastmta.queue.queueid import QueueIdGenerator
@@ -36,6 +37,11 @@ from pyfastmta.queue.record import Found, Span, StateChange, Transition, encode_
 from pyfastmta.queue.segment import (
     SegmentWriter, fsync_directory, list_segments, read_range, read_segment, segment_name,
 )
+
+
+# A callable taking a file descriptor, used instead of fdatasync(2) when set: the tests inject
+# slow and failing syncs through it. None in service.
+datasync_override = None
 
 
 class QueueWriteError(OSError):
@@ -73,7 +79,10 @@ class Partition:
         self._new_queue_id = QueueIdGenerator(index)
         self._queue = QueueIndex()
         self._writer: SegmentWriter | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._datasync: DatasyncThread | None = None
+        self._datasync_thread: threading.Thread | None = None
+        self._request_fd = self._done_fd = -1
+        self._syncing: tuple | None = None  # (flight future, segment sequence, offset)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Pending records: (buffers, size, what to apply once durable, waiter).
         self._batch: list[tuple] = []
@@ -123,7 +132,7 @@ class Partition:
         self._queue.requeue_active()
         if self._queue.largest_queue_id:
             self._new_queue_id.observe(self._queue.largest_queue_id)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"queue-partition-{self.index}")
+        self._start_datasync_thread()
         self._writer = SegmentWriter(self.directory, segments[-1][0] + 1 if segments else 1, self.segment_size)
         self._writer.open_next()
         self._queue.add_segment(self._writer.sequence)
@@ -216,6 +225,7 @@ class Partition:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+            loop.add_reader(self._done_fd, self._on_synced)
         waiter = loop.create_future()
         batch = self._batch
         if not batch:
@@ -238,6 +248,14 @@ class Partition:
         if self._in_flight is None and self._batch:
             self._start_commit()
 
+    def _start_datasync_thread(self) -> None:
+        self._request_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._done_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._datasync = DatasyncThread(self._request_fd, self._done_fd, datasync_override)
+        self._datasync_thread = threading.Thread(target=self._datasync.run, daemon=True,
+                                                 name=f"queue-partition-{self.index}-datasync")
+        self._datasync_thread.start()
+
     def _start_commit(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -248,9 +266,31 @@ class Partition:
             self._batch_since = self._loop.time()
         buffers = [buffer for item in items for buffer in item[0]]
         total = sum(item[1] for item in items)
-        flight = self._loop.run_in_executor(self._executor, self._writer.append, buffers, total)
+        flight = self._loop.create_future()
         self._in_flight = flight
         flight.add_done_callback(functools.partial(self._commit_done, items, total))
+        try:
+            sequence, offset = self._writer.write(buffers, total)
+        except BaseException as exc:  # noqa: BLE001 - the waiters hear it through the future
+            flight.set_exception(exc)
+            return
+        self._syncing = (flight, sequence, offset)
+        self._datasync.request(self._writer.fd)
+
+    def _on_synced(self) -> None:
+        """The datasync thread finished the batch in flight (its eventfd became readable)."""
+        try:
+            os.eventfd_read(self._done_fd)
+        except BlockingIOError:
+            return
+        flight, sequence, offset = self._syncing
+        self._syncing = None
+        error = self._datasync.error
+        if error:
+            self._writer.mark_suspect()
+            flight.set_exception(OSError(error, os.strerror(error)))
+        else:
+            flight.set_result((sequence, offset))
 
     def _commit_done(self, items: list[tuple], total: int, flight: asyncio.Future) -> None:
         self._in_flight = None
@@ -287,10 +327,11 @@ class Partition:
             if queue.segment_emptied:
                 removable = self._removable_segments()
                 if removable:
-                    # In the writer thread: it keeps the loop free, and a segment that failed to
-                    # go stays for the next recovery to remove.
-                    unlinking = self._loop.run_in_executor(self._executor, self._unlink_segments, removable)
-                    unlinking.add_done_callback(lambda done: done.cancelled() or done.exception())
+                    # A segment that fails to go stays for the next recovery to remove.
+                    try:
+                        self._unlink_segments(removable)
+                    except OSError:
+                        pass
         self._commit_next()
 
     def _commit_next(self) -> None:
@@ -314,9 +355,17 @@ class Partition:
                 self._start_commit()
             await asyncio.wait([self._in_flight])
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
+            self._writer.close()  # the last fdatasync blocks the loop: the worker is stopping
         finally:
-            self._executor.shutdown(wait=True)
+            self._stop_datasync_thread()
+
+    def _stop_datasync_thread(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._done_fd)
+        self._datasync.stop()
+        self._datasync_thread.join()
+        os.close(self._request_fd)
+        os.close(self._done_fd)
 
     # -- reading --------------------------------------------------------------------------------
 

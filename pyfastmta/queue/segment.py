@@ -74,9 +74,11 @@ def _write_all(fd: int, buffers: Sequence[bytes | memoryview], total: int) -> No
 
 
 class SegmentWriter:
-    """Appends batches of records to the newest segment and makes them durable.
+    """Appends batches of records to the newest segment.
 
-    All methods except `path` do blocking I/O and run in the partition's writer thread.
+    Runs in the event loop's thread: a batch is one writev into the page cache; the fdatasync
+    that makes it durable is done by the partition's datasync thread. Opening a new segment
+    (fsync of the directory) blocks, once per segment_size bytes.
     """
 
     def __init__(self, directory: str, first_sequence: int, segment_size: int) -> None:
@@ -107,21 +109,28 @@ class SegmentWriter:
         self._fd, self.sequence, self._size, self._suspect = fd, sequence, 0, False
         self.created += 1
 
-    def append(self, buffers: Sequence[bytes | memoryview], total: int) -> tuple[int, int]:
-        """Write buffers with one write and one fdatasync; return (segment sequence, offset)."""
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def write(self, buffers: Sequence[bytes | memoryview], total: int) -> tuple[int, int]:
+        """Write a batch with one writev; return (segment sequence, offset). Not durable yet."""
         if self._fd is None or self._suspect or self._size >= self.segment_size:
             self.open_next()
         offset = self._size
         try:
             _write_all(self._fd, buffers, total)
-            os.fdatasync(self._fd)
         except BaseException:
-            # What reached the disk is unknown now; later batches go to a fresh segment, and
-            # recovery treats whatever is left of this one as any other damaged or torn tail.
-            self._suspect = True
+            self.mark_suspect()
             raise
         self._size = offset + total
         return self.sequence, offset
+
+    def mark_suspect(self) -> None:
+        """A write or its sync failed: what reached the disk is unknown now. Later batches go to
+        a fresh segment, and recovery treats what is left of this one as any other damaged or
+        torn tail."""
+        self._suspect = True
 
     def close(self) -> None:
         if self._fd is not None:

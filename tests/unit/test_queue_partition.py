@@ -15,6 +15,7 @@ import pytest
 import uvloop
 
 from pyfastmta.queue.envelope import Envelope, Recipient, encode_envelope
+from pyfastmta.queue import partition as partition_module
 from pyfastmta.queue.partition import Partition, QueueWriteError, partition_directory
 from pyfastmta.queue.record import HEADER_SIZE
 from pyfastmta.queue.segment import list_segments
@@ -95,7 +96,8 @@ def test_concurrent_enqueues_all_recover(tmp_path, run):
 
 @pytest.fixture
 def slow_fdatasync(monkeypatch):
-    """fdatasync takes 3 ms longer and logs (inode, size) of each file it made durable."""
+    """The datasync thread's fdatasync takes 3 ms longer and logs (inode, size) of each file it
+    made durable."""
     real = os.fdatasync
     durable = []
     lock = threading.Lock()
@@ -107,7 +109,7 @@ def slow_fdatasync(monkeypatch):
         with lock:
             durable.append((status.st_ino, status.st_size))
 
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(partition_module, "datasync_override", fdatasync)
     return durable
 
 
@@ -198,6 +200,9 @@ def test_write_failure_fails_the_batch_and_later_batches_use_a_new_segment(
 
     def broken(*args):
         raise OSError(errno.EIO, "Input/output error")
+
+    # The datasync thread calls fdatasync(2) from C; route it through os.fdatasync to break it.
+    monkeypatch.setattr(partition_module, "datasync_override", lambda fd: os.fdatasync(fd))
 
     async def scenario():
         part, _ = reopen(str(tmp_path))
