@@ -49,7 +49,16 @@ def run(argv: list[str], queue_directory: str) -> int:
                      f"message_size: {envelope.size:>16} {len(envelope.recipients):>15}",
                      f"message_arrival_time: {time.ctime(envelope.arrival_time)}",
                      f"sender: {envelope.sender}"]
-            lines += [f"recipient: {recipient.address}" for recipient in envelope.recipients]
+            if envelope.envid is not None:
+                lines.append(f"dsn_envid: {envelope.envid}")
+            if envelope.ret is not None:
+                lines.append(f"dsn_ret: {envelope.ret}")
+            for recipient in envelope.recipients:
+                if recipient.orcpt is not None:
+                    lines.append(f"dsn_orig_rcpt: {recipient.orcpt}")
+                if recipient.notify is not None:
+                    lines.append(f"dsn_notify: {recipient.notify}")
+                lines.append(f"recipient: {recipient.address}")
             out.write(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
         if "-h" in sections:
             out.write(f"*** MESSAGE CONTENTS {where} ***\n".encode())

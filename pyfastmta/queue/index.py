@@ -32,7 +32,7 @@ class QueueEntry:
     """A live message: its envelope, where its content is, and its delivery state."""
 
     __slots__ = ("envelope", "queue_name", "segment", "content_offset", "content_length",
-                 "done", "reasons", "next_retry")
+                 "done", "reasons", "next_retry", "deferred_time")
 
     def __init__(self, envelope: Envelope, segment: int, content_offset: int, content_length: int) -> None:
         self.envelope = envelope
@@ -44,6 +44,7 @@ class QueueEntry:
         self.done = [False] * count
         self.reasons: list[str | None] = [None] * count
         self.next_retry = 0.0
+        self.deferred_time = 0.0  # when the last DEFER record was written; 0.0: never deferred
 
     @property
     def queue_id(self) -> str:
@@ -65,6 +66,9 @@ class _SegmentContents:
 class QueueIndex:
     def __init__(self) -> None:
         self.entries: dict[str, QueueEntry] = {}
+        # The incoming messages in arrival order (a dict used as an ordered set): the queue manager
+        # takes new mail from here without walking a backlog of deferred messages.
+        self.incoming: dict[str, None] = {}
         self._segments: dict[int, _SegmentContents] = {}
         self._message_segment: dict[str, int] = {}
         self.largest_queue_id = ""
@@ -94,6 +98,7 @@ class QueueIndex:
         if envelope.recipients:
             contents.live.add(queue_id)
             self.entries[queue_id] = QueueEntry(envelope, segment, content_offset, content_length)
+            self.incoming[queue_id] = None
 
     def apply(self, change: StateChange, segment: int) -> None:
         """Replay one state change written in segment. Changes to unknown messages are ignored:
@@ -109,6 +114,7 @@ class QueueIndex:
         elif transition is Transition.DEFER:
             entry.queue_name = DEFERRED
             entry.next_retry = change.next_retry or change.time
+            entry.deferred_time = change.time
             indexes = entry.pending_recipients() if change.recipients is None else change.recipients
             for i in indexes:
                 if 0 <= i < len(entry.reasons):
@@ -129,9 +135,12 @@ class QueueIndex:
                 self._finish(entry)
         elif transition is Transition.DELETE:
             self._finish(entry)
+        if entry.queue_name != INCOMING:
+            self.incoming.pop(queue_id, None)
 
     def _finish(self, entry: QueueEntry) -> None:
         del self.entries[entry.queue_id]
+        self.incoming.pop(entry.queue_id, None)
         live = self._segments[entry.segment].live
         live.discard(entry.queue_id)
         if not live:
@@ -189,3 +198,4 @@ class QueueIndex:
         for entry in self.entries.values():
             if entry.queue_name == ACTIVE:
                 entry.queue_name = INCOMING
+                self.incoming[entry.queue_id] = None

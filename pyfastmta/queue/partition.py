@@ -24,7 +24,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import KeysView, Mapping
 from types import MappingProxyType
 
 import msgspec
@@ -207,6 +207,12 @@ class Partition:
         recipients or all pending ones), "hold", "release", "done" (the listed recipients, or all,
         are final), "delete". Raises KeyError for a message that is not in the queue.
         """
+        await self.record_state(queue_id, state, reason, next_retry=next_retry, recipients=recipients)
+
+    def record_state(self, queue_id: str, state: Transition | str, reason: str | None = None, *,
+                     next_retry: float | None = None, recipients: list[int] | None = None) -> asyncio.Future:
+        """set_state() as a plain future, durable when it completes: the queue manager writes a
+        record per message and delivery and adds a callback instead of paying for a task."""
         entry = self._queue.entries.get(queue_id)
         if entry is None:
             raise KeyError(queue_id)
@@ -215,7 +221,7 @@ class Partition:
             raise ValueError(f"{queue_id}: not on hold")
         change = StateChange(queue_id, transition, time.time(), reason, next_retry, recipients)
         record = encode_state(change)
-        await self._submit((record,), len(record), change)
+        return self._submit((record,), len(record), change)
 
     def _submit(self, buffers: tuple, size: int, apply: object) -> asyncio.Future:
         if self._writer is None:
@@ -373,6 +379,18 @@ class Partition:
     def entries(self) -> Mapping[str, QueueEntry]:
         """The live messages by queue ID (read-only)."""
         return MappingProxyType(self._queue.entries)
+
+    @property
+    def incoming(self) -> KeysView[str]:
+        """The queue IDs of the incoming queue, oldest first (a live view: copy before awaiting)."""
+        return self._queue.incoming.keys()
+
+    def content_location(self, queue_id: str) -> tuple[str, int, int]:
+        """(segment path, offset, length) of a live message's content, for a delivery agent to
+        stream from the file."""
+        entry = self._queue.entries[queue_id]
+        return (os.path.join(self.directory, segment_name(entry.segment)),
+                entry.content_offset, entry.content_length)
 
     def read_content(self, queue_id: str) -> bytes:
         """The stored content of a live message (blocking file read)."""

@@ -15,6 +15,7 @@ import time
 from pyfastmta._ext.smtpproto import SmtpServerParser, parse_path_argument
 from pyfastmta.cleanup.message import Rejected, clean_message
 from pyfastmta.queue.envelope import Envelope, Recipient
+from pyfastmta.smtpd.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
 
 _COMMAND_NAMES = {
     b"EHLO": "ehlo", b"HELO": "helo", b"MAIL": "mail", b"RCPT": "rcpt", b"DATA": "data",
@@ -70,6 +71,8 @@ class SmtpSession(asyncio.Protocol):
         self.mail_params: dict = {}
         self.body_type: str | None = None
         self.smtputf8 = False
+        self.ret: str | None = None
+        self.envid: str | None = None
         self.in_data = False
 
     @property
@@ -264,6 +267,7 @@ class SmtpSession(asyncio.Protocol):
         settings = self.settings
         body_type = None
         smtputf8 = False
+        ret = envid = None
         for key, value in params.items():
             if key == "SIZE":
                 if value is None or not value.isdigit():
@@ -278,6 +282,16 @@ class SmtpSession(asyncio.Protocol):
                 smtputf8 = True
             elif key == "AUTH":
                 pass  # accepted and ignored until SASL exists, as Postfix does without AUTH
+            elif key == "RET":
+                try:
+                    ret = parse_ret(value or "")
+                except DsnParameterError as error:
+                    return self._error("mail", error.reply)
+            elif key == "ENVID":
+                try:
+                    envid = parse_envid(value or "")
+                except DsnParameterError as error:
+                    return self._error("mail", error.reply)
             else:
                 return self._error("mail", f"555 5.5.4 Unsupported option: {key}")
         if not smtputf8 and not address.isascii():
@@ -285,6 +299,8 @@ class SmtpSession(asyncio.Protocol):
         self.sender = address
         self.body_type = body_type
         self.smtputf8 = smtputf8
+        self.ret = ret
+        self.envid = envid
         self._count("mail", True)
         self.reply("250 2.1.0 Ok")
 
@@ -302,8 +318,17 @@ class SmtpSession(asyncio.Protocol):
             return self._error("rcpt", "501 5.1.3 Bad recipient address syntax")
         if status == 3:
             return self._error("rcpt", "501 5.5.4 Bad RCPT parameter syntax")
-        if params:
-            return self._error("rcpt", f"555 5.5.4 Unsupported option: {next(iter(params))}")
+        notify = orcpt = None
+        for key, value in params.items():
+            try:
+                if key == "NOTIFY":
+                    notify = parse_notify(value or "")
+                elif key == "ORCPT":
+                    orcpt = parse_orcpt(value or "")
+                else:
+                    return self._error("rcpt", f"555 5.5.4 Unsupported option: {key}")
+            except DsnParameterError as error:
+                return self._error("rcpt", error.reply)
         if not self.smtputf8 and not address.isascii():
             return self._error("rcpt", "553 5.6.7 Must declare SMTPUTF8 to send unicode address")
         if len(self.recipients) >= settings.recipient_limit:
@@ -317,7 +342,7 @@ class SmtpSession(asyncio.Protocol):
         if self.queue_id is None:
             self.queue_id = self.server.partition.new_queue_id()
             self.server.log("smtpd", f"{self.queue_id}: client={self.client_label}")
-        self.recipients.append(Recipient(address=address))
+        self.recipients.append(Recipient(address=address, orcpt=orcpt, notify=notify))
         self._count("rcpt", True)
         self.reply("250 2.1.5 Ok")
 
@@ -420,6 +445,7 @@ class SmtpSession(asyncio.Protocol):
             client_name=self.client_name, client_addr=self.client_addr,
             client_port=self.client_port, helo_name=self.helo_name or "", protocol=protocol,
             size=len(message.content), body_type=self.body_type, smtputf8=self.smtputf8,
+            envid=self.envid, ret=self.ret,
         )
         try:
             durable = self.server.partition.enqueue(envelope, message.content)

@@ -59,7 +59,7 @@ class SmtpdSettings:
     def _ehlo_reply(self) -> bytes:
         lines = [self.myhostname, "PIPELINING"]
         lines.append(f"SIZE {self.message_size_limit}" if self.message_size_limit else "SIZE")
-        lines += ["VRFY", "ENHANCEDSTATUSCODES", "8BITMIME"]
+        lines += ["VRFY", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
         if self.smtputf8_enable:
             lines.append("SMTPUTF8")
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"

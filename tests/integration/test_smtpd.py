@@ -31,7 +31,8 @@ def test_smtplib_message_is_queued_and_listed(mta):
         assert code == 250
         features = banner.decode().splitlines()
         assert features[0] == "mx.example.test"
-        for extension in ("PIPELINING", "SIZE 10240000", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"):
+        for extension in ("PIPELINING", "SIZE 10240000", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN",
+                          "SMTPUTF8"):
             assert extension in features
         refused = client.sendmail("alice@example.org", ["bob@example.test"], MESSAGE)
         assert refused == {}
@@ -249,3 +250,25 @@ def test_control_characters_in_helo_never_reach_a_header(mta, connect):
     stored = mta.cli("postcat", "-h", "-q", queue_id).stdout
     assert "Received: from evil.example?X-Injected: yes (localhost [127.0.0.1])" in stored
     assert "\r" not in stored
+
+
+def test_dsn_parameters_are_kept_and_checked(mta, connect):
+    client = connect(mta)
+    client.command("EHLO client.example.org")
+    assert client.command("MAIL FROM:<a@example.org> RET=HDRS ENVID=x+0Dy")[0] == 501
+    assert client.command("MAIL FROM:<a@example.org> RET=BOTH")[0] == 501
+    assert client.command("MAIL FROM:<a@example.org> RET=HDRS ENVID=abc+2Bdef") == (250, "250 2.1.0 Ok")
+    assert client.command("RCPT TO:<b@example.test> NOTIFY=NEVER,SUCCESS")[0] == 501
+    assert client.command("RCPT TO:<b@example.test> ORCPT=rfc822;b+0A@example.test")[0] == 501
+    assert client.command("RCPT TO:<b@example.test> NOTIFY=failure,success "
+                          "ORCPT=rfc822;B+40example.test") == (250, "250 2.1.5 Ok")
+    assert client.command("RCPT TO:<c@example.test>") == (250, "250 2.1.5 Ok")
+    assert client.command("DATA")[0] == 354
+    client.send(b"Subject: dsn\r\n\r\nbody\r\n.\r\n")
+    queue_id = queued_id(client.reply()[1])
+    envelope = mta.cli("postcat", "-e", "-q", queue_id).stdout.splitlines()
+    assert "dsn_envid: abc+def" in envelope
+    assert "dsn_ret: HDRS" in envelope
+    recipients = envelope[envelope.index("dsn_ret: HDRS") + 1:-1]
+    assert recipients == ["dsn_orig_rcpt: rfc822;B@example.test", "dsn_notify: SUCCESS,FAILURE",
+                          "recipient: b@example.test", "recipient: c@example.test"]

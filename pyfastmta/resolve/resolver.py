@@ -1,0 +1,234 @@
+"""Resolving a recipient to (address class, transport, nexthop), as trivial-rewrite(8) does.
+
+Address classes, tried in this order:
+  local    the domain is in mydestination, or is [addr] of this host: local_transport, whose
+           nexthop defaults to $myhostname;
+  virtual  the domain is in virtual_mailbox_domains: virtual_transport, nexthop the domain;
+  relay    the domain is in relay_domains: relay_transport, nexthop from relay_transport, else
+           relayhost, else the domain;
+  default  anything else: default_transport, nexthop from default_transport, else relayhost,
+           else the domain.
+transport_maps then override the transport and/or nexthop as transport(5) says. An address
+Postfix would flag as malformed resolves to transport "error" with nexthop
+"5.1.3 bad address syntax", so it bounces through the same path as an `error:` table entry.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pyfastmta.config.valuetypes import split_list
+from pyfastmta.resolve.transport import (
+    DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
+    TransportTable,
+    transport_lookup,
+)
+
+BAD_SYNTAX = "5.1.3 bad address syntax"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    address_class: str  # "local", "virtual", "relay" or "default"
+    transport: str  # the master.cf service qmgr dispatches to
+    nexthop: str  # where that transport delivers, in its own syntax (for "error": the reason)
+    recipient: str  # the address as it is passed on (qualified, trailing dots removed)
+
+
+class DomainList:
+    """A Postfix domain list (mydestination, relay_domains, ...): names, ".parent" patterns,
+    "!name" exclusions (the first matching pattern decides) and "/file/name" includes."""
+
+    __slots__ = ("name", "parent_matches", "_patterns")
+
+    def __init__(self, name: str, patterns: Iterable[str], parent_matches: bool) -> None:
+        self.name = name
+        self.parent_matches = parent_matches
+        self._patterns: list[tuple[bool, str]] = []
+        for pattern in patterns:
+            self._add(pattern)
+
+    def _add(self, pattern: str) -> None:
+        if pattern.startswith("/"):
+            try:
+                with open(pattern, encoding="utf-8") as handle:
+                    lines = handle.readlines()
+            except OSError as error:
+                raise ValueError(f'{self.name}: cannot read "{pattern}": {error.strerror}') from None
+            for line in lines:
+                if not line.lstrip().startswith("#"):
+                    for item in split_list(line):
+                        self._add(item)
+            return
+        negated = pattern.startswith("!")
+        body = pattern[1:] if negated else pattern
+        if ":" in body and not body.startswith("["):
+            raise ValueError(
+                f'{self.name}: lookup table "{body}" is not supported here yet; list the domains '
+                "by name or in a /file/name"
+            )
+        self._patterns.append((negated, body.lower().rstrip(".")))
+
+    def matches(self, domain: str) -> bool:
+        domain = domain.lower()
+        for negated, pattern in self._patterns:
+            if _domain_matches(domain, pattern, self.parent_matches):
+                return not negated
+        return False
+
+
+def _domain_matches(domain: str, pattern: str, parent_matches: bool) -> bool:
+    if pattern.startswith("."):
+        return domain.endswith(pattern)
+    if domain == pattern:
+        return True
+    return parent_matches and domain.endswith("." + pattern)
+
+
+class AddressResolver:
+    """Resolves recipients with one configuration; parameters are main.cf's, already expanded."""
+
+    def __init__(self, *, myhostname: str, mydomain: str, myorigin: str, mydestination: Sequence[str],
+                 relay_domains: Sequence[str], relayhost: str, transport_maps: Sequence[TransportTable],
+                 default_transport: str = "smtp", relay_transport: str = "relay",
+                 local_transport: str | None = None,
+                 parent_domain_matches_subdomains: Sequence[str] = DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
+                 recipient_delimiter: str = "", inet_interfaces_addresses: Sequence[str] = (),
+                 virtual_mailbox_domains: Sequence[str] = (), virtual_transport: str = "virtual",
+                 empty_address_recipient: str = "MAILER-DAEMON", allow_min_user: bool = False,
+                 double_bounce_sender: str = "double-bounce", smtputf8_enable: bool = True) -> None:
+        """local_transport None means Postfix's default, local:$myhostname."""
+        self.myhostname = myhostname
+        self.mydomain = mydomain
+        self.myorigin = myorigin
+        self.relayhost = relayhost.strip()
+        self.transport_maps = list(transport_maps)
+        self.default_transport = default_transport
+        self.relay_transport = relay_transport
+        self.local_transport = f"local:{myhostname}" if local_transport is None else local_transport
+        self.virtual_transport = virtual_transport
+        self.parent_domain_matches_subdomains = tuple(parent_domain_matches_subdomains)
+        self.recipient_delimiter = recipient_delimiter
+        self.empty_address_recipient = empty_address_recipient
+        self.allow_min_user = allow_min_user
+        self.double_bounce_sender = double_bounce_sender
+        self.smtputf8_enable = smtputf8_enable
+        parents = self.parent_domain_matches_subdomains
+        self.mydestination = DomainList("mydestination", mydestination, "mydestination" in parents)
+        self.relay_domains = DomainList("relay_domains", relay_domains, "relay_domains" in parents)
+        self.virtual_mailbox_domains = DomainList(
+            "virtual_mailbox_domains", virtual_mailbox_domains, "virtual_mailbox_domains" in parents)
+        self.own_addresses = {_ip(text) for text in inet_interfaces_addresses}
+        self.own_addresses.discard(None)
+
+    def resolve(self, recipient: str) -> Resolution:
+        address = recipient
+        if not address:
+            address = f"{self.empty_address_recipient}@{self.myhostname}"
+        local, domain = _split_address(address)
+        if domain is None:
+            local, domain = address, self.myorigin
+        domain = domain.rstrip(".")
+        address = f"{local}@{domain}"
+        literal = domain.startswith("[") and domain.endswith("]")
+        valid = (_valid_literal(domain) if literal else _valid_hostname(domain, self.smtputf8_enable))
+        if not self.allow_min_user and recipient.startswith("-"):
+            # An address that looks like a command-line option must never reach a command.
+            valid = False
+
+        if (literal and _literal_address(domain) in self.own_addresses) or self.mydestination.matches(domain):
+            address_class, transport, nexthop = "local", *_split_transport(self.local_transport)
+            nexthop = nexthop or self.myhostname
+        elif self.virtual_mailbox_domains.matches(domain):
+            address_class, transport, nexthop = "virtual", *_split_transport(self.virtual_transport)
+            nexthop = nexthop or domain.lower()
+        elif self.relay_domains.matches(domain):
+            address_class, transport, nexthop = "relay", *_split_transport(self.relay_transport)
+            nexthop = nexthop or self.relayhost or domain.lower()
+        else:
+            address_class, transport, nexthop = "default", *_split_transport(self.default_transport)
+            nexthop = nexthop or self.relayhost or domain.lower()
+
+        found = transport_lookup(self.transport_maps, address, recipient_delimiter=self.recipient_delimiter,
+                                 parent_domain_matches_subdomains=self.parent_domain_matches_subdomains,
+                                 double_bounce_sender=self.double_bounce_sender)
+        if found is not None:
+            table_transport, table_nexthop = found
+            if table_transport:
+                # A transport without a nexthop sends to the recipient domain (transport(5)).
+                transport, nexthop = table_transport, table_nexthop or domain.lower()
+            elif table_nexthop:
+                nexthop = table_nexthop
+        if not valid:
+            transport, nexthop = "error", BAD_SYNTAX
+        return Resolution(address_class, transport, nexthop, address)
+
+
+def _split_transport(value: str) -> tuple[str, str]:
+    transport, _, nexthop = value.partition(":")
+    return transport.strip(), nexthop.strip()
+
+
+def _split_address(address: str) -> tuple[str, str | None]:
+    """(local part, domain) at the last "@" outside double quotes; domain None when there is none."""
+    quoted = escaped = False
+    at = -1
+    for position, char in enumerate(address):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "@" and not quoted:
+            at = position
+    if at < 0:
+        return address, None
+    return address[:at], address[at + 1:]
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _literal_address(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a [a.b.c.d] or [IPv6:...] domain literal, None when it holds none."""
+    body = domain[1:-1]
+    if body[:5].lower() == "ipv6:":
+        try:
+            return ipaddress.IPv6Address(body[5:])
+        except ValueError:
+            return None
+    try:
+        return ipaddress.IPv4Address(body)
+    except ValueError:
+        return None
+
+
+def _valid_literal(domain: str) -> bool:
+    return _literal_address(domain) is not None
+
+
+def _valid_hostname(domain: str, smtputf8_enable: bool) -> bool:
+    """Postfix's host name rules: labels of 1 to 63 letters, digits, "-" or "_", no "-" at either
+    end of a label, at most 255 characters, and not all digits and dots (a bare IP address)."""
+    if not domain or len(domain) > 255:
+        return False
+    if not domain.isascii():
+        if not smtputf8_enable:
+            return False
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    labels = domain.split(".")
+    for label in labels:
+        if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(char.isalnum() or char in "-_" for char in label):
+            return False
+    return not all(label.isdigit() for label in labels)
