@@ -1,0 +1,147 @@
+"""The smtp and lmtp delivery agents: what the queue manager's delivery requests become on the wire.
+
+For a request: parse the nexthop; take a cached connection to it, or find its destinations (MX
+hosts and their addresses, a `[host]`'s addresses, or an LMTP socket) and open a connection to
+each in turn until one answers; deliver; keep the connection for the next request to the same
+nexthop when it can be reused (Postfix's connection cache, smtp_connection_cache_on_demand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pyfastmta.dns import Destination, DnsError, DnsResolver
+from pyfastmta.qmgr.delivery import DeliveryOutcome, DeliveryRequest
+from pyfastmta.resolve.nexthop import parse_nexthop
+from pyfastmta.smtp.client import ClientTimeouts, ContentSource, DeliveryError, SmtpConnection
+
+# Failures before MAIL FROM say the destination itself is unwell: they slow it down in qmgr.
+_SITE_STAGES = frozenset({"connect", "greeting", "helo", "starttls"})
+
+
+class ConnectionCache:
+    """Idle connections per nexthop, reused while young and not used too often."""
+
+    def __init__(self, *, reuse_time_limit: float, reuse_count_limit: int, idle_time_limit: float = 2.0):
+        self.reuse_time_limit = reuse_time_limit
+        self.reuse_count_limit = reuse_count_limit
+        self.idle_time_limit = idle_time_limit
+        self._idle: dict[str, list[tuple[SmtpConnection, asyncio.TimerHandle]]] = {}
+
+    def take(self, nexthop: str) -> SmtpConnection | None:
+        idle = self._idle.get(nexthop)
+        while idle:
+            connection, timer = idle.pop()
+            timer.cancel()
+            if self._reusable(connection):
+                return connection
+            asyncio.get_running_loop().create_task(connection.close())
+        return None
+
+    def _reusable(self, connection: SmtpConnection) -> bool:
+        if not connection.usable:
+            return False
+        if self.reuse_count_limit and connection.reuse_count >= self.reuse_count_limit:
+            return False
+        return time.monotonic() - connection.opened_at < self.reuse_time_limit
+
+    async def give(self, nexthop: str, connection: SmtpConnection) -> None:
+        """Keep a connection that just finished a delivery, or close it."""
+        if not self._reusable(connection) or not await connection.reset():
+            await connection.close()
+            return
+        timer = asyncio.get_running_loop().call_later(self.idle_time_limit, self._expire, nexthop, connection)
+        self._idle.setdefault(nexthop, []).append((connection, timer))
+
+    def _expire(self, nexthop: str, connection: SmtpConnection) -> None:
+        idle = self._idle.get(nexthop, [])
+        for position, (cached, _timer) in enumerate(idle):
+            if cached is connection:
+                del idle[position]
+                asyncio.get_running_loop().create_task(connection.close())
+                return
+
+    async def close_all(self) -> None:
+        connections = []
+        for idle in self._idle.values():
+            for connection, timer in idle:
+                timer.cancel()
+                connections.append(connection)
+        self._idle.clear()
+        await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
+
+
+class SmtpDeliveryAgent:
+    def __init__(self, *, dns: DnsResolver, helo_name: str, timeouts: ClientTimeouts,
+                 lmtp: bool = False, tls_security_level: str = "none",
+                 cache: ConnectionCache | None = None, mx_address_limit: int = 5):
+        self.dns = dns
+        self.helo_name = helo_name
+        self.timeouts = timeouts
+        self.lmtp = lmtp
+        self.tls_security_level = tls_security_level or "none"
+        self.cache = cache
+        self.mx_address_limit = mx_address_limit
+        self.default_port = 24 if lmtp else 25
+
+    async def deliver(self, request: DeliveryRequest) -> list[DeliveryOutcome]:
+        started = time.monotonic()
+        connection = self.cache.take(request.nexthop) if self.cache is not None else None
+        if connection is None:
+            try:
+                connection = await self._connect(request.nexthop)
+            except (DnsError, DeliveryError, ValueError) as error:
+                return self._all(request, error, time.monotonic() - started)
+        setup_time = time.monotonic() - started
+        content = ContentSource(*request.content)
+        try:
+            results = await connection.deliver(request.envelope, content, request.recipients)
+            site_failure = False
+        except DeliveryError as error:
+            results = error.results or []
+            site_failure = error.stage in _SITE_STAGES
+            if not results:
+                await connection.close()
+                return self._all(request, error, setup_time, relay=connection.peer)
+        uses = connection.reuse_count
+        outcomes = [DeliveryOutcome(result.index, result.status, result.dsn, result.reply,
+                                    relay=connection.peer, setup_time=setup_time, conn_use=uses,
+                                    site_failure=site_failure and result.status == "deferred")
+                    for result in results]
+        if self.cache is not None and connection.usable:
+            await self.cache.give(request.nexthop, connection)
+        else:
+            await connection.close()
+        return outcomes
+
+    async def _connect(self, nexthop_text: str) -> SmtpConnection:
+        nexthop = parse_nexthop(nexthop_text, default_port=self.default_port)
+        if nexthop.kind == "unix":
+            destinations = [Destination(nexthop.path, nexthop.path, 0)]
+        else:
+            destinations = await self.dns.destinations(
+                nexthop.host, mx=nexthop.mx, port=nexthop.port or self.default_port)
+        last_error: DeliveryError | None = None
+        for destination in destinations[:self.mx_address_limit]:
+            try:
+                return await SmtpConnection.open(
+                    destination.hostname, destination.address, destination.port,
+                    helo_name=self.helo_name, lmtp=self.lmtp, timeouts=self.timeouts,
+                    tls_security_level=self.tls_security_level)
+            except DeliveryError as error:
+                # The next MX host may well answer (Postfix skips a 5xx greeting too).
+                last_error = error
+        if last_error is None:
+            raise DeliveryError(True, "4.4.4", f"no address for {nexthop_text}", "connect")
+        raise last_error
+
+    @staticmethod
+    def _all(request: DeliveryRequest, error, setup_time: float, relay: str = "none") -> list[DeliveryOutcome]:
+        """One outcome for every recipient, from a failure of the whole delivery."""
+        temporary = getattr(error, "temporary", True)
+        dsn = getattr(error, "dsn", "4.3.0")
+        reason = getattr(error, "reason", str(error))
+        status = "deferred" if temporary else "bounced"
+        return [DeliveryOutcome(index, status, dsn, reason, relay=relay, setup_time=setup_time,
+                                site_failure=temporary) for index in request.recipients]

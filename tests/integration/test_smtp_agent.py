@@ -1,0 +1,163 @@
+"""The smtp/lmtp delivery agent end to end: the test DNS server gives MX records that point at
+Postfix's smtp-sink on 127.0.0.x; requests come in the queue manager's form."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from pyfastmta.dns import DnsResolver
+from pyfastmta.qmgr.delivery import DeliveryRequest
+from pyfastmta.queue.envelope import Envelope, Recipient
+from pyfastmta.smtp.agent import ConnectionCache, SmtpDeliveryAgent
+from pyfastmta.smtp.client import ClientTimeouts
+
+DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
+SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
+SINK_ADDRESS = "127.0.0.61"
+DOWN_ADDRESS = "127.0.0.62"  # nothing listens here
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A DNS server, an smtp-sink, and a port shared by every MX host of the zone."""
+    directory = Path(tempfile.mkdtemp(prefix="pyfastmta-agent-"))
+    directory.chmod(0o755)
+    port = free_port(SINK_ADDRESS)
+    zone = {
+        "relay.test": {"MX": ["10 mx.relay.test"]},
+        "mx.relay.test": {"A": [SINK_ADDRESS]},
+        "backup.test": {"MX": ["10 down.backup.test", "20 up.backup.test"]},
+        "down.backup.test": {"A": [DOWN_ADDRESS]},
+        "up.backup.test": {"A": [SINK_ADDRESS]},
+        "nullmx.test": {"MX": ["0 ."]},
+    }
+    (directory / "zone.json").write_text(json.dumps(zone))
+    dns = subprocess.Popen([sys.executable, str(DNS_SERVER), "--listen", "127.0.0.1:0",
+                            "--zone", str(directory / "zone.json")], stdout=subprocess.PIPE, text=True)
+    dns_port = int(dns.stdout.readline().split()[1].rpartition(":")[2])
+    dump = directory / "dump"
+    dump.mkdir()
+    dump.chmod(0o777)
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    sink = subprocess.Popen([SMTP_SINK, *user, "-d", f"{dump}/%H%M%S.", f"{SINK_ADDRESS}:{port}", "50"])
+    lmtp_socket = directory / "lmtp.sock"
+    lmtp = subprocess.Popen([SMTP_SINK, *user, "-L", "-d", f"{dump}/%H%M%S.", f"unix:{lmtp_socket}", "50"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((SINK_ADDRESS, port), timeout=1).close()
+            if lmtp_socket.exists():
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    yield {"port": port, "dns_port": dns_port, "dump": dump, "lmtp_socket": str(lmtp_socket),
+           "directory": directory}
+    for process in (dns, sink, lmtp):
+        process.kill()
+        process.wait()
+    dns.stdout.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def run_coroutine(coroutine):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coroutine)
+
+    return run_coroutine
+
+
+def stored_message(directory: Path, body: str) -> tuple[str, int, int]:
+    """A message in the queue's wire form inside a file, as a segment holds it."""
+    content = (f"Subject: agent test\r\n\r\n{body}\r\n..dot line\r\n").encode()
+    path = directory / f"segment-{time.monotonic_ns()}"
+    path.write_bytes(b"record header bytes" + content + b"next record")
+    return str(path), len(b"record header bytes"), len(content)
+
+
+def request(world, nexthop: str, recipients: list[str], body: str = "hello") -> DeliveryRequest:
+    envelope = Envelope(queue_id="ABCDEF0123456", sender="sender@example.org",
+                        recipients=[Recipient(address) for address in recipients],
+                        arrival_time=time.time())
+    return DeliveryRequest(queue_id=envelope.queue_id, envelope=envelope,
+                           recipients=list(range(len(recipients))), transport="smtp",
+                           nexthop=nexthop, content=stored_message(world["directory"], body))
+
+
+def agent(world, *, lmtp: bool = False, cache: bool = True) -> SmtpDeliveryAgent:
+    dns = DnsResolver([("127.0.0.1", world["dns_port"])], timeout=3.0)
+    timeouts = ClientTimeouts.for_lmtp() if lmtp else ClientTimeouts.for_smtp(smtp_connect_timeout=3.0)
+    return SmtpDeliveryAgent(dns=dns, helo_name="client.example.org", timeouts=timeouts, lmtp=lmtp,
+                             cache=ConnectionCache(reuse_time_limit=300, reuse_count_limit=0) if cache else None)
+
+
+def test_mx_delivery_and_connection_reuse(world, run):
+    async def scenario():
+        smtp = agent(world)
+        first = await smtp.deliver(request(world, f"relay.test:{world['port']}", ["a@relay.test", "b@relay.test"]))
+        second = await smtp.deliver(request(world, f"relay.test:{world['port']}", ["c@relay.test"]))
+        await smtp.cache.close_all()
+        return first, second
+
+    first, second = run(scenario())
+    relay = f"mx.relay.test[{SINK_ADDRESS}]:{world['port']}"
+    assert [(o.index, o.status, o.relay) for o in first] == [(0, "sent", relay), (1, "sent", relay)]
+    assert all(o.reason.startswith("250") for o in first)
+    assert [(o.status, o.relay) for o in second] == [("sent", relay)]
+    assert second[0].conn_use > first[0].conn_use  # the cached connection carried the second one
+
+
+def test_next_mx_when_the_first_is_down(world, run):
+    outcomes = run(agent(world, cache=False).deliver(
+        request(world, f"backup.test:{world['port']}", ["x@backup.test"])))
+    assert [(o.status, o.relay) for o in outcomes] == [
+        ("sent", f"up.backup.test[{SINK_ADDRESS}]:{world['port']}")]
+
+
+def test_bracketed_nexthop_skips_mx_and_a_down_host_defers(world, run):
+    outcomes = run(agent(world, cache=False).deliver(
+        request(world, f"[{DOWN_ADDRESS}]:{world['port']}", ["y@elsewhere.test", "z@elsewhere.test"])))
+    assert [o.status for o in outcomes] == ["deferred", "deferred"]
+    assert all(o.site_failure for o in outcomes)
+    assert "Connection refused" in outcomes[0].reason
+
+
+def test_null_mx_bounces(world, run):
+    outcomes = run(agent(world, cache=False).deliver(request(world, "nullmx.test", ["n@nullmx.test"])))
+    assert [(o.status, o.dsn) for o in outcomes] == [("bounced", "5.1.10")]
+
+
+def test_lmtp_over_a_unix_socket(world, run):
+    outcomes = run(agent(world, lmtp=True, cache=False).deliver(
+        request(world, f"unix:{world['lmtp_socket']}", ["l1@lmtp.test", "l2@lmtp.test"], body="via lmtp")))
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        dumps = [p.read_bytes() for p in world["dump"].rglob("*") if p.is_file()]
+        if any(b"via lmtp" in d for d in dumps):
+            break
+        time.sleep(0.05)
+    delivered = next(d for d in dumps if b"via lmtp" in d)
+    assert b"\n.dot line" in delivered.replace(b"\r\n", b"\n")
