@@ -91,3 +91,13 @@ def status(config) -> int:
         return 1
     _say(f"the mail system is running: PID: {pid}")
     return 0
+
+
+def flush(config) -> int:
+    """postqueue -f / flush: every deferred message is tried now."""
+    pid = PidFile.for_queue(config.get("queue_directory")).running_pid()
+    if pid is None:
+        _say("the mail system is not running")
+        return 1
+    os.kill(pid, signal.SIGUSR1)
+    return 0

@@ -11,6 +11,7 @@ commands:
   stop | reload | status
   postconf [-d | -n | -h | -x | -M] [name ...]
   postqueue -p | -j      list the queue (mailq: same as postqueue -p)
+  postqueue -f | flush   try every deferred message now
   postcat [-ebh] -q ID   show a queued message
 """
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"pyfastmta: fatal: {error}", file=sys.stderr)
         return 1
+    if command == "flush" or (command == "postqueue" and rest == ["-f"]):
+        from pyfastmta.cli import control
+
+        return control.flush(config)
     if command in ("postqueue", "mailq"):
         from pyfastmta.cli import postqueue
 

@@ -18,6 +18,7 @@ from pyfastmta.config import ConfigError, load_config
 from pyfastmta.maillog import Maillog
 from pyfastmta.master.pidfile import PidFile
 from pyfastmta.master.worker import Worker
+from pyfastmta.qmgr.service import address_resolver
 
 LISTEN_BACKLOG = 1024
 # A worker that dies sooner than this after its start is restarted only after THROTTLE_SECONDS.
@@ -25,7 +26,7 @@ THROTTLE_SECONDS = 1.0
 MIN_HEALTHY_SECONDS = 10.0
 STARTUP_TIMEOUT = 120.0
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
 
 
 class StartupError(Exception):
@@ -103,6 +104,10 @@ class Master:
         services = config.smtpd_services()
         if not services:
             raise StartupError("master.cf defines no inet smtpd service")
+        try:
+            address_resolver(config)  # transport_maps are read now, so a bad table stops the start
+        except ConfigError as error:
+            raise StartupError(str(error)) from None
         for _index in range(count):
             socks = []
             for service in services:
@@ -182,6 +187,8 @@ class Master:
                     return info.si_signo
                 if info.si_signo == signal.SIGHUP:
                     self._reload()
+                elif info.si_signo == signal.SIGUSR1:
+                    self._signal_workers(signal.SIGUSR1)  # flush: deferred mail is due now
                 elif info.si_signo == signal.SIGCHLD:
                     self._reap()
             for slot in self.slots:
@@ -223,9 +230,12 @@ class Master:
             self.log("warning: changes to worker_count and to listeners take effect after stop and start")
         self.config = config
         self.log(f"reload -- version {__version__}, configuration {config.config_dir or '(embedded default)'}")
+        self._signal_workers(signal.SIGHUP)
+
+    def _signal_workers(self, signum: int) -> None:
         for slot in self.slots:
             if slot.pid:
-                os.kill(slot.pid, signal.SIGHUP)
+                os.kill(slot.pid, signum)
 
     # ---- stop ----------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import signal
 
 from pyfastmta.config import ConfigError, load_config
 from pyfastmta.maillog import Maillog
+from pyfastmta.qmgr.service import DeliveryService
 from pyfastmta.queue.partition import Partition
 from pyfastmta.smtpd.server import SmtpServer
 
@@ -40,15 +41,16 @@ class Worker:
         self.stop_requested: asyncio.Event | None = None
         self.factories: dict[int, object] = {}
         self.server: SmtpServer | None = None
+        self.delivery: DeliveryService | None = None
         self.maillog: Maillog | None = None
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C in a foreground master stops via the master
         self.loop = new_event_loop()
         asyncio.set_event_loop(self.loop)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1})
         try:
             return self.loop.run_until_complete(self._serve())
         finally:
@@ -71,7 +73,9 @@ class Worker:
         # keep the collector from walking it again at every full collection.
         gc.collect()
         gc.freeze()
-        self.server = SmtpServer(loop, partition, self.maillog)
+        self.delivery = DeliveryService(config, partition, self.maillog.log)
+        delivery = loop.create_task(self.delivery.run())
+        self.server = SmtpServer(loop, partition, self.maillog, self.delivery)
         self.stop_requested = asyncio.Event()
         servers = []
         for key, (service, sock) in enumerate(self.listeners):
@@ -79,6 +83,7 @@ class Worker:
             servers.append(await loop.create_server(self._session_factory(key), sock=sock))
         loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.delivery.flush)
         loop.add_reader(self.master_alive_fd, self._master_gone)
         os.write(self.ready_fd, bytes([self.index % 256]))
         os.close(self.ready_fd)
@@ -87,6 +92,8 @@ class Worker:
         for server in servers:
             server.close()
         await self.server.drain(config.get("worker_stop_timeout"))
+        await self.delivery.stop(config.get("worker_stop_timeout"))
+        await delivery
         await partition.close()
         self.maillog.flush()
         return 0

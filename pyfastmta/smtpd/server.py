@@ -10,10 +10,11 @@ from pyfastmta.smtpd.settings import SmtpdSettings
 
 
 class SmtpServer:
-    def __init__(self, loop, partition, maillog):
+    def __init__(self, loop, partition, maillog, delivery=None):
         self.loop = loop
         self.partition = partition
         self.maillog = maillog
+        self.delivery = delivery  # the worker's DeliveryService: woken for each queued message
         self.peernames = PeernameCache(loop)
         self.sessions: set[SmtpSession] = set()
         self.stopping = False
@@ -23,6 +24,10 @@ class SmtpServer:
 
     def log(self, program: str, text: str) -> None:
         self.maillog.log(program, text)
+
+    def message_queued(self) -> None:
+        if self.delivery is not None:
+            self.delivery.wake()
 
     def protocol_factory(self, config):
         """A factory for loop.create_server; reload swaps it by calling this again."""

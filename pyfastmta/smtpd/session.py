@@ -464,8 +464,7 @@ class SmtpSession(asyncio.Protocol):
         log = self.server.log
         if message_id is not None:
             log("cleanup", f"{queue_id}: message-id={message_id}")
-        log("qmgr", f"{queue_id}: from=<{envelope.sender}>, size={envelope.size},"
-                    f" nrcpt={len(envelope.recipients)} (queue active)")
+        self.server.message_queued()
         self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
         self._transaction_done(in_parser_callback=False)
 

@@ -40,6 +40,11 @@ class Mta:
             "mynetworks": "127.0.0.0/8",
             "myhostname": "mx.example.test",
             "worker_count": "2",
+            # Mail leaves only in the delivery tests, which bring their own DNS server and sinks:
+            # everything else stays deferred, and no query reaches the host's name servers.
+            "default_transport": "retry:no delivery in this test",
+            "relay_transport": "retry:no delivery in this test",
+            "dns_nameservers": "127.0.0.1:9",
         }
         settings.update(main_cf)
         self.write_config(settings)

@@ -1,0 +1,148 @@
+"""A worker's delivery side, built from the configuration: the scheduler over its partition, the
+smtp/relay/lmtp agents with their DNS resolver and connection caches, and the notice sender."""
+
+from __future__ import annotations
+
+from pyfastmta.bounce.notices import NoticeSender
+from pyfastmta.config import ConfigError
+from pyfastmta.dns import DnsResolver
+from pyfastmta.qmgr.scheduler import Scheduler
+from pyfastmta.resolve.resolver import AddressResolver
+from pyfastmta.resolve.transport import TransportTable
+from pyfastmta.smtp.agent import ConnectionCache, SmtpDeliveryAgent
+from pyfastmta.smtp.client import ClientTimeouts
+
+# Per-transport overrides a main.cf may set as <transport>_<name>, as in Postfix.
+_TRANSPORT_SETTINGS = (
+    "destination_recipient_limit", "destination_concurrency_limit",
+    "initial_destination_concurrency", "destination_concurrency_positive_feedback",
+    "destination_concurrency_negative_feedback", "destination_concurrency_failed_cohort_limit",
+)
+_INTEGER_SETTINGS = {"destination_recipient_limit", "destination_concurrency_limit",
+                     "initial_destination_concurrency", "destination_concurrency_failed_cohort_limit"}
+_TIMEOUT_STAGES = ("connect", "starttls", "mail", "rcpt", "data_init", "data_xfer", "data_done",
+                   "rset", "quit")
+
+
+def transport_tables(config) -> list[TransportTable]:
+    """transport_maps: texthash: tables for now; any other type is refused by name."""
+    tables = []
+    for entry in config.get("transport_maps"):
+        kind, _, path = entry.partition(":")
+        if kind != "texthash" or not path:
+            raise ConfigError(config.main_cf_path, None,
+                              f"transport_maps: {entry!r}: only texthash:/path tables are supported")
+        tables.append(TransportTable.from_file(path, smtputf8_enable=config.get("smtputf8_enable")))
+    return tables
+
+
+def address_resolver(config) -> AddressResolver:
+    get = config.get
+    return AddressResolver(
+        myhostname=get("myhostname"), mydomain=get("mydomain"), myorigin=get("myorigin"),
+        mydestination=get("mydestination"), relay_domains=get("relay_domains"),
+        relayhost=get("relayhost"), transport_maps=transport_tables(config),
+        default_transport=get("default_transport"), relay_transport=get("relay_transport"),
+        local_transport=get("local_transport"),
+        parent_domain_matches_subdomains=get("parent_domain_matches_subdomains"),
+        recipient_delimiter=get("recipient_delimiter"),
+        empty_address_recipient=get("empty_address_recipient"),
+        double_bounce_sender=get("double_bounce_sender"), smtputf8_enable=get("smtputf8_enable"))
+
+
+def _nameservers(config) -> list[tuple[str, int]] | None:
+    servers = []
+    for entry in config.get("dns_nameservers"):
+        host, port = entry, 53
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 53
+        elif entry.count(":") == 1:
+            host, _, text = entry.partition(":")
+            port = int(text)
+        servers.append((host, port))
+    return servers or None
+
+
+class DeliveryService:
+    def __init__(self, config, partition, log):
+        get = config.get
+        self.dns = DnsResolver(_nameservers(config), inet_protocols=",".join(get("inet_protocols")),
+                               smtp_address_preference=get("smtp_address_preference"))
+        self.caches: list[ConnectionCache] = []
+        smtp = self._agent(config, lmtp=False)
+        lmtp = self._agent(config, lmtp=True)
+        agents = {"smtp": smtp, "relay": smtp, "lmtp": lmtp}
+        self.notices = NoticeSender(
+            partition, myhostname=get("myhostname"), myorigin=get("myorigin"),
+            mail_name=get("mail_name"), double_bounce_sender=get("double_bounce_sender"),
+            bounce_notice_recipient=get("2bounce_notice_recipient"),
+            bounce_size_limit=get("bounce_size_limit"), log=log, wake=self.wake)
+        self.scheduler = Scheduler(
+            partition, resolve=address_resolver(config).resolve, agents=agents, log=log,
+            on_bounce=self.notices.bounced, on_delay_warning=self.notices.delayed,
+            qmgr_message_active_limit=get("qmgr_message_active_limit"),
+            qmgr_message_recipient_limit=get("qmgr_message_recipient_limit"),
+            default_destination_recipient_limit=get("default_destination_recipient_limit"),
+            initial_destination_concurrency=get("initial_destination_concurrency"),
+            default_destination_concurrency_limit=get("default_destination_concurrency_limit"),
+            default_destination_concurrency_positive_feedback=get(
+                "default_destination_concurrency_positive_feedback"),
+            default_destination_concurrency_negative_feedback=get(
+                "default_destination_concurrency_negative_feedback"),
+            default_destination_concurrency_failed_cohort_limit=get(
+                "default_destination_concurrency_failed_cohort_limit"),
+            transport_limits=self._transport_limits(config, agents),
+            minimal_backoff_time=get("minimal_backoff_time"),
+            maximal_backoff_time=get("maximal_backoff_time"), queue_run_delay=get("queue_run_delay"),
+            maximal_queue_lifetime=get("maximal_queue_lifetime"),
+            bounce_queue_lifetime=get("bounce_queue_lifetime"),
+            delay_warning_time=get("delay_warning_time"))
+
+    def _agent(self, config, *, lmtp: bool) -> SmtpDeliveryAgent:
+        get = config.get
+        prefix = "lmtp" if lmtp else "smtp"
+        stages = {f"{prefix}_{stage}_timeout": get(f"{prefix}_{stage}_timeout") for stage in _TIMEOUT_STAGES}
+        if lmtp:
+            timeouts = ClientTimeouts.for_lmtp(lmtp_lhlo_timeout=get("lmtp_lhlo_timeout"), **stages)
+        else:
+            timeouts = ClientTimeouts.for_smtp(smtp_helo_timeout=get("smtp_helo_timeout"), **stages)
+        cache = None
+        if get("smtp_connection_cache_on_demand"):
+            cache = ConnectionCache(reuse_time_limit=get("smtp_connection_reuse_time_limit"),
+                                    reuse_count_limit=get("smtp_connection_reuse_count_limit"),
+                                    idle_time_limit=get("smtp_connection_cache_time_limit"))
+            self.caches.append(cache)
+        return SmtpDeliveryAgent(
+            dns=self.dns, helo_name=get("lmtp_lhlo_name" if lmtp else "smtp_helo_name"),
+            timeouts=timeouts, lmtp=lmtp, tls_security_level=get(f"{prefix}_tls_security_level"),
+            cache=cache, mx_address_limit=get("smtp_mx_address_limit") or 1000)
+
+    @staticmethod
+    def _transport_limits(config, agents) -> dict:
+        limits = {}
+        for transport in agents:
+            for setting in _TRANSPORT_SETTINGS:
+                name = f"{transport}_{setting}"
+                if config.is_set(name):
+                    value = config.expanded(name)
+                    try:
+                        limits[name] = int(value) if setting in _INTEGER_SETTINGS else value
+                    except ValueError:
+                        raise ConfigError(config.main_cf_path, None,
+                                          f"bad numerical value for {name}: {value!r}") from None
+        return limits
+
+    def wake(self) -> None:
+        self.scheduler.wake()
+
+    def flush(self) -> None:
+        self.scheduler.flush()
+
+    async def run(self) -> None:
+        await self.scheduler.run()
+
+    async def stop(self, timeout: float) -> None:
+        await self.scheduler.stop(timeout)
+        for cache in self.caches:
+            await cache.close_all()

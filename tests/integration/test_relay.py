@@ -1,0 +1,161 @@
+"""pyfastmta as a relay, end to end: clients send to it, its queue manager resolves MX records at
+the test DNS server and delivers to Postfix's smtp-sink; refused mail comes back as a notice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
+SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
+SMTP_SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-source"
+ACCEPTING = "127.0.0.71"
+REFUSING = "127.0.0.72"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Peers:
+    """The test DNS server and two smtp-sinks on one port: one accepts, one refuses recipients."""
+
+    def __init__(self):
+        self.directory = Path(tempfile.mkdtemp(prefix="pyfastmta-relay-"))
+        self.directory.chmod(0o755)
+        self.port = free_port(ACCEPTING)
+        zone = {
+            "accept.test": {"MX": ["10 mx.accept.test"]},
+            "mx.accept.test": {"A": [ACCEPTING]},
+            "refuse.test": {"MX": ["10 mx.refuse.test"]},
+            "mx.refuse.test": {"A": [REFUSING]},
+        }
+        (self.directory / "zone.json").write_text(json.dumps(zone))
+        self.processes = []
+        dns = self._start([sys.executable, str(DNS_SERVER), "--listen", "127.0.0.1:0",
+                           "--zone", str(self.directory / "zone.json")], stdout=subprocess.PIPE, text=True)
+        self.dns_port = int(dns.stdout.readline().split()[1].rpartition(":")[2])
+        self.dump = self.directory / "dump"
+        self.dump.mkdir()
+        self.dump.chmod(0o777)
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self._start([SMTP_SINK, *user, "-d", f"{self.dump}/%H%M%S.", f"{ACCEPTING}:{self.port}", "100"])
+        self._start([SMTP_SINK, *user, "-f", "RCPT", f"{REFUSING}:{self.port}", "100"])
+        for host in (ACCEPTING, REFUSING):
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection((host, self.port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"smtp-sink on {host} did not start"
+                    time.sleep(0.02)
+
+    def _start(self, argv, **options) -> subprocess.Popen:
+        process = subprocess.Popen(argv, **options)
+        self.processes.append(process)
+        return process
+
+    def delivered(self) -> list[bytes]:
+        return [path.read_bytes() for path in self.dump.rglob("*") if path.is_file()]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+            if process.stdout:
+                process.stdout.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def peers():
+    started = Peers()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def relay(make_mta, peers):
+    """pyfastmta relaying for its clients, MX lookups at the test DNS server, port of the sinks."""
+    return make_mta({
+        "default_transport": "smtp",
+        "relay_transport": "relay",
+        "dns_nameservers": f"127.0.0.1:{peers.dns_port}",
+        "smtp_connect_timeout": "5s",
+    }, start=False)
+
+
+def start_relay(mta, peers, extra: dict[str, str] | None = None) -> None:
+    table = mta.dir / "transport"
+    # Every domain goes to its MX hosts, but on the sinks' port.
+    table.write_text(f"accept.test smtp:accept.test:{peers.port}\nrefuse.test smtp:refuse.test:{peers.port}\n")
+    text = (mta.dir / "main.cf").read_text()
+    text += f"transport_maps = texthash:{table}\n"
+    for name, value in (extra or {}).items():
+        text += f"{name} = {value}\n"
+    (mta.dir / "main.cf").write_text(text)
+    mta.start()
+
+
+def wait_until(predicate, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_relayed_mail_reaches_the_sink_once_and_leaves_the_queue(relay, peers):
+    start_relay(relay, peers)
+    before = len(peers.delivered())
+    count = 200
+    result = subprocess.run([SMTP_SOURCE, "-s", "5", "-m", str(count), "-l", "3000",
+                             "-f", "sender@example.test", "-t", "user@accept.test",
+                             f"{relay.host}:{relay.port}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert wait_until(lambda: relay.queue_json() == []), relay.queue_json()[:3]
+    assert wait_until(lambda: len(peers.delivered()) - before >= count)
+    time.sleep(0.3)
+    assert len(peers.delivered()) - before == count  # each message exactly once
+    log = relay.log_text()
+    sent = re.findall(r"pyfastmta/smtp\[\d+\]: ([0-9A-F]+): to=<user@accept\.test>, "
+                      r"relay=mx\.accept\.test\[127\.0\.0\.71\]:\d+, .*dsn=2\.0\.0, status=sent \(250 ", log)
+    assert len(set(sent)) == count
+    assert len(re.findall(r": removed$", log, re.M)) >= count
+
+
+def test_refused_recipient_bounces_back_to_the_sender(relay, peers):
+    start_relay(relay, peers)
+    code = subprocess.run(
+        ["swaks", "--server", f"{relay.host}:{relay.port}", "--from", "sender@example.test",
+         "--to", "nobody@refuse.test", "--body", "will bounce"], capture_output=True, text=True, timeout=60)
+    assert code.returncode == 0, code.stdout
+    original = code.stdout.split("queued as ")[1].split()[0]
+    assert wait_until(lambda: relay.logged(f"{original}: removed", timeout=0))
+    log = relay.log_text()
+    assert re.search(original + r": to=<nobody@refuse\.test>, relay=mx\.refuse\.test\[127\.0\.0\.72\]:\d+, "
+                     r".*status=bounced \(host mx\.refuse\.test\[127\.0\.0\.72\] said: 5", log)
+    notice = re.search(original + r": sender non-delivery notification: ([0-9A-F]+)", log).group(1)
+    # The notice goes to the sender's domain, which is local here and has no local delivery yet.
+    assert wait_until(lambda: notice in {m["queue_id"] for m in relay.queue_json()})
+    queued = {m["queue_id"]: m for m in relay.queue_json()}
+    assert queued[notice]["sender"] == "MAILER-DAEMON"
+    assert [r["address"] for r in queued[notice]["recipients"]] == ["sender@example.test"]
+    text = relay.cli("postcat", "-bh", "-q", notice).stdout
+    assert "multipart/report" in text and "report-type=delivery-status" in text
+    assert "Final-Recipient: rfc822; nobody@refuse.test" in text
+    assert "Action: failed" in text
