@@ -1,8 +1,8 @@
 """Resolving a recipient to (address class, transport, nexthop), as trivial-rewrite(8) does.
 
 Address classes, tried in this order:
-  local    the domain is in mydestination, or is [addr] of this host: local_transport, whose
-           nexthop defaults to $myhostname;
+  local    the domain is in mydestination, or is [addr] of this host: local_transport (by
+           default local:$myhostname), nexthop the domain when local_transport names none;
   virtual  the domain is in virtual_mailbox_domains: virtual_transport, nexthop the domain;
   relay    the domain is in relay_domains: relay_transport, nexthop from relay_transport, else
            relayhost, else the domain;
@@ -11,6 +11,7 @@ Address classes, tried in this order:
 transport_maps then override the transport and/or nexthop as transport(5) says. An address
 Postfix would flag as malformed resolves to transport "error" with nexthop
 "5.1.3 bad address syntax", so it bounces through the same path as an `error:` table entry.
+A domain used as nexthop is lowercased, so one destination is one queue whatever its spelling.
 """
 from __future__ import annotations
 
@@ -37,14 +38,19 @@ class Resolution:
 
 
 class DomainList:
-    """A Postfix domain list (mydestination, relay_domains, ...): names, ".parent" patterns,
-    "!name" exclusions (the first matching pattern decides) and "/file/name" includes."""
+    """A list of domain patterns with "!name" exclusions (the first matching pattern decides) and
+    "/file/name" includes. How a pattern matches depends on the list, as in Postfix:
+      "exact"   the name only (mydestination and virtual_mailbox_domains are plain string lists);
+      "dotted"  the name, and ".name" matches its subdomains;
+      "parent"  the name and its subdomains (the list is in parent_domain_matches_subdomains);
+                a ".name" pattern then matches nothing.
+    """
 
-    __slots__ = ("name", "parent_matches", "_patterns")
+    __slots__ = ("_patterns", "matching", "name")
 
-    def __init__(self, name: str, patterns: Iterable[str], parent_matches: bool) -> None:
+    def __init__(self, name: str, patterns: Iterable[str], matching: str) -> None:
         self.name = name
-        self.parent_matches = parent_matches
+        self.matching = matching
         self._patterns: list[tuple[bool, str]] = []
         for pattern in patterns:
             self._add(pattern)
@@ -73,17 +79,11 @@ class DomainList:
     def matches(self, domain: str) -> bool:
         domain = domain.lower()
         for negated, pattern in self._patterns:
-            if _domain_matches(domain, pattern, self.parent_matches):
+            if domain == pattern or (
+                    self.matching == "dotted" and pattern.startswith(".") and domain.endswith(pattern)) or (
+                    self.matching == "parent" and domain.endswith("." + pattern)):
                 return not negated
         return False
-
-
-def _domain_matches(domain: str, pattern: str, parent_matches: bool) -> bool:
-    if pattern.startswith("."):
-        return domain.endswith(pattern)
-    if domain == pattern:
-        return True
-    return parent_matches and domain.endswith("." + pattern)
 
 
 class AddressResolver:
@@ -114,11 +114,10 @@ class AddressResolver:
         self.allow_min_user = allow_min_user
         self.double_bounce_sender = double_bounce_sender
         self.smtputf8_enable = smtputf8_enable
-        parents = self.parent_domain_matches_subdomains
-        self.mydestination = DomainList("mydestination", mydestination, "mydestination" in parents)
-        self.relay_domains = DomainList("relay_domains", relay_domains, "relay_domains" in parents)
-        self.virtual_mailbox_domains = DomainList(
-            "virtual_mailbox_domains", virtual_mailbox_domains, "virtual_mailbox_domains" in parents)
+        relay_matching = "parent" if "relay_domains" in self.parent_domain_matches_subdomains else "dotted"
+        self.mydestination = DomainList("mydestination", mydestination, "exact")
+        self.relay_domains = DomainList("relay_domains", relay_domains, relay_matching)
+        self.virtual_mailbox_domains = DomainList("virtual_mailbox_domains", virtual_mailbox_domains, "exact")
         self.own_addresses = {_ip(text) for text in inet_interfaces_addresses}
         self.own_addresses.discard(None)
 
@@ -139,7 +138,7 @@ class AddressResolver:
 
         if (literal and _literal_address(domain) in self.own_addresses) or self.mydestination.matches(domain):
             address_class, transport, nexthop = "local", *_split_transport(self.local_transport)
-            nexthop = nexthop or self.myhostname
+            nexthop = nexthop or domain.lower()
         elif self.virtual_mailbox_domains.matches(domain):
             address_class, transport, nexthop = "virtual", *_split_transport(self.virtual_transport)
             nexthop = nexthop or domain.lower()

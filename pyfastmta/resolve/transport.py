@@ -39,7 +39,7 @@ class TransportTable:
     entries maps keys (folded here; of keys that fold alike the first wins) to values.
     """
 
-    __slots__ = ("path", "smtputf8_enable", "warnings", "_entries")
+    __slots__ = ("_entries", "path", "smtputf8_enable", "warnings")
 
     def __init__(self, entries: dict[str, str], *, path: str = "", smtputf8_enable: bool = True,
                  warnings: Sequence[str] = ()) -> None:

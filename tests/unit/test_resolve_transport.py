@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def postmap_answers(path: Path, queries: list[str], config: Path) -> dict[str, s
 
 @needs_postmap
 @pytest.mark.parametrize("smtputf8_enable", [True, False])
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=tables())
 def test_table_matches_postmap(smtputf8_enable, case):
     text, queries = case
@@ -69,6 +70,9 @@ def test_table_matches_postmap(smtputf8_enable, case):
         (config / "master.cf").write_text("")
         path = config / "transport"
         path.write_text(text)
+        # postmap waits for files modified within the last second or two to settle; age them.
+        for written in config.iterdir():
+            os.utime(written, (time.time() - 10, time.time() - 10))
         expected = postmap_answers(path, queries, config)
         table = TransportTable.from_file(str(path), smtputf8_enable=smtputf8_enable)
         found = {query: table.get(query) for query in queries if table.get(query) is not None}
@@ -136,15 +140,13 @@ def test_each_key_tries_every_table_before_the_next_key():
 
 @pytest.mark.parametrize("local, delimiter, stripped", [
     ("postmaster+x", "+", None), ("MAILER-DAEMON+x", "+", None), ("double-bounce-x", "-", None),
-    ("owner-list", "-", None), ("list-request", "-", None), ("owner-list", "+", "owner"),
+    ("owner-list", "-", None), ("list-request", "-", None), ("owner-list+x", "+", "owner-list"),
     ("a+b+c", "+", "a"), ("a-b+c", "+-", "a"),
 ])
 def test_extension_stripping_rules(local, delimiter, stripped):
-    t = TransportTable({f"{stripped}@d": "smtp:stripped"} if stripped else {})
-    t_full = TransportTable({"d": "smtp:domain", **({f"{stripped}@d": "x:stripped"} if stripped else {})})
+    t = TransportTable({"d": "smtp:domain", **({f"{stripped}@d": "x:stripped"} if stripped else {})})
     expected = ("x", "stripped") if stripped else ("smtp", "domain")
-    assert t_full.lookup(f"{local}@d", recipient_delimiter=delimiter) == expected
-    assert (t.lookup(f"{local}@d", recipient_delimiter=delimiter) is not None) == bool(stripped)
+    assert t.lookup(f"{local}@d", recipient_delimiter=delimiter) == expected
 
 
 def test_result_parts():
