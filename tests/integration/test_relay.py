@@ -159,3 +159,68 @@ def test_refused_recipient_bounces_back_to_the_sender(relay, peers):
     assert "multipart/report" in text and "report-type=delivery-status" in text
     assert "Final-Recipient: rfc822; nobody@refuse.test" in text
     assert "Action: failed" in text
+
+
+def start_sink(peers, host: str, port: int, *options: str) -> subprocess.Popen:
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    process = peers._start([SMTP_SINK, *user, *options, f"{host}:{port}", "100"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return process
+        except OSError:
+            assert time.monotonic() < deadline, "smtp-sink did not start"
+            time.sleep(0.02)
+
+
+def test_deferred_mail_is_delivered_when_the_destination_recovers(make_mta, peers):
+    """A downstream that answers 4xx, then one that accepts: postqueue -f delivers the mail."""
+    host = "127.0.0.73"
+    port = free_port(host)
+    table_dir = Path(tempfile.mkdtemp(prefix="pyfastmta-defer-"))
+    table = table_dir / "transport"
+    table.write_text(f"later.test smtp:[{host}]:{port}\n")
+    mta = make_mta({"default_transport": "smtp", "dns_nameservers": f"127.0.0.1:{peers.dns_port}",
+                    "transport_maps": f"texthash:{table}"})
+    deferring = start_sink(peers, host, port, "-r", "RCPT")
+    sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", "s@example.test",
+                           "--to", "u@later.test", "--body", "try again"], capture_output=True, text=True)
+    queue_id = sent.stdout.split("queued as ")[1].split()[0]
+    assert wait_until(lambda: "status=deferred" in mta.log_text())
+    assert re.search(queue_id + r": to=<u@later\.test>, relay=.*status=deferred \(host .* said: 4", mta.log_text())
+    listing = mta.cli("postqueue", "-p").stdout
+    assert queue_id in listing and "(host " in listing  # the deferral reason is listed
+    deferring.kill()
+    deferring.wait()
+    start_sink(peers, host, port)
+    mta.cli("postqueue", "-f")
+    assert wait_until(lambda: relay_removed(mta, queue_id))
+    assert re.search(queue_id + r": to=<u@later\.test>, .*status=sent \(250", mta.log_text())
+    shutil.rmtree(table_dir, ignore_errors=True)
+
+
+def relay_removed(mta, queue_id: str) -> bool:
+    return f"{queue_id}: removed" in mta.log_text()
+
+
+def test_lmtp_transport_from_the_transport_map(make_mta, peers):
+    socket_dir = Path(tempfile.mkdtemp(prefix="pyfastmta-lmtp-"))
+    socket_dir.chmod(0o777)
+    lmtp_socket = socket_dir / "lmtp"
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    peers._start([SMTP_SINK, *user, "-L", f"unix:{lmtp_socket}", "10"])
+    assert wait_until(lmtp_socket.exists, 10)
+    table = socket_dir / "transport"
+    table.write_text(f"mailbox.test lmtp:unix:{lmtp_socket}\n")
+    mta = make_mta({"transport_maps": f"texthash:{table}"})
+    sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", "s@example.test",
+                           "--to", "one@mailbox.test,two@mailbox.test", "--body", "to the store"],
+                          capture_output=True, text=True)
+    queue_id = sent.stdout.split("queued as ")[1].split()[0]
+    assert wait_until(lambda: relay_removed(mta, queue_id))
+    log = mta.log_text()
+    for user_name in ("one", "two"):
+        assert re.search(queue_id + rf": to=<{user_name}@mailbox\.test>, relay=.*\[{re.escape(str(lmtp_socket))}\]"
+                         r".*status=sent \(250", log), log[-2000:]
+    shutil.rmtree(socket_dir, ignore_errors=True)
