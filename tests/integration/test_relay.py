@@ -21,6 +21,7 @@ SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/s
 SMTP_SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-source"
 ACCEPTING = "127.0.0.71"
 REFUSING = "127.0.0.72"
+DOWN = "127.0.0.74"  # nothing listens here
 
 
 def free_port(host: str) -> int:
@@ -41,6 +42,9 @@ class Peers:
             "mx.accept.test": {"A": [ACCEPTING]},
             "refuse.test": {"MX": ["10 mx.refuse.test"]},
             "mx.refuse.test": {"A": [REFUSING]},
+            "nullmx.test": {"MX": ["0 ."]},
+            "down.test": {"MX": ["10 mx.down.test"]},
+            "mx.down.test": {"A": [DOWN]},
         }
         (self.directory / "zone.json").write_text(json.dumps(zone))
         self.processes = []
@@ -224,3 +228,25 @@ def test_lmtp_transport_from_the_transport_map(make_mta, peers):
         assert re.search(queue_id + rf": to=<{user_name}@mailbox\.test>, relay=.*\[{re.escape(str(lmtp_socket))}\]"
                          r".*status=sent \(250", log), log[-2000:]
     shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_null_mx_bounces_at_once_and_a_down_destination_is_suspended(relay, peers):
+    # A cohort is as many deliveries as the window: with a window of 1 one failure kills.
+    start_relay(relay, peers, {"initial_destination_concurrency": "1"})
+    swaks = ["swaks", "--server", f"{relay.host}:{relay.port}", "--from", "sender@example.test"]
+    nullmx = subprocess.run(swaks + ["--to", "x@nullmx.test"], capture_output=True, text=True)
+    nullmx_id = nullmx.stdout.split("queued as ")[1].split()[0]
+    assert wait_until(lambda: relay_removed(relay, nullmx_id))
+    assert re.search(nullmx_id + r": to=<x@nullmx\.test>, .*dsn=5\.1\.10, status=bounced", relay.log_text())
+    down_ids = []
+    for number in range(3):
+        sent = subprocess.run(swaks + ["--to", f"d{number}@down.test"], capture_output=True, text=True)
+        down_ids.append(sent.stdout.split("queued as ")[1].split()[0])
+    assert wait_until(lambda: all(f"{queue_id}: to=<" in relay.log_text() for queue_id in down_ids))
+    log = relay.log_text()
+    assert re.search(r"status=deferred \(connect to mx\.down\.test\[127\.0\.0\.74\]:\d+: Connection refused\)", log)
+    # After the first failed cohort the destination is dead: the rest wait without a connection.
+    assert "delivery temporarily suspended" in log
+    queued = {m["queue_id"]: m for m in relay.queue_json()}
+    assert set(down_ids) <= set(queued)
+    assert all(queued[queue_id]["queue_name"] == "deferred" for queue_id in down_ids)
