@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEBIAN_PACKAGES := postfix swaks
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-micro build sysdeps sanitize clean
+.PHONY: run test bench bench-relay bench-micro build sysdeps sanitize clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: build sysdeps
 
 bench: build sysdeps
 	$(BIN)/python bench/accept_race.py
+
+# smtp-source -> server -> smtp-sink, pyfastmta against Postfix: the matrix, then the headline run.
+bench-relay: build sysdeps
+	$(BIN)/python bench/relay_race.py
+	$(BIN)/python bench/relay_race.py --headline
 
 # Each ext parser against a plain-Python version of it.
 bench-micro: build

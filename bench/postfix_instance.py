@@ -1,9 +1,10 @@
 """A private Postfix instance on loopback, for the side-by-side benchmark and its test.
 
 The instance lives in one temporary directory (configuration, queue, data, log), listens only
-on 127.0.0.1:PORT, keeps Postfix's stock durability (every queue file is fsync'ed before the
-250 reply) and holds all mail, with defer_transports or in its hold queue, so what smtpd
-accepted stays countable in the queue. The system Postfix and /etc/postfix/main.cf are never touched. Starting and stopping
+on 127.0.0.1:PORT and keeps Postfix's stock durability (every queue file is fsync'ed before the
+250 reply). By default it holds all mail, with defer_transports or in its hold queue, so what
+smtpd accepted stays countable in the queue; given a relayhost it delivers everything there
+instead. The system Postfix and /etc/postfix/main.cf are never touched. Starting and stopping
 need root, as `postfix start` does.
 """
 
@@ -106,11 +107,15 @@ class PostfixInstance:
     host = "127.0.0.1"
 
     def __init__(self, port: int | None = None, parent_directory: str | os.PathLike | None = None,
-                 hold_queue: bool = False):
+                 hold_queue: bool = False, relayhost: str | None = None):
         """hold_queue: smtpd marks every message HOLD, so cleanup files it in the hold queue and the
-        queue manager never sees it (without it, defer_transports defers each message)."""
+        queue manager never sees it (without it, defer_transports defers each message).
+        relayhost: deliver every message there (e.g. "[127.0.0.2]:2525") instead of holding it."""
+        if hold_queue and relayhost:
+            raise ValueError("a Postfix instance either holds its mail or relays it, not both")
         self.port = port or free_loopback_port()
         self.hold_queue = hold_queue
+        self.relayhost = relayhost
         self.root = Path(tempfile.mkdtemp(prefix="postfix-bench-", dir=parent_directory))
         self.config_directory = self.root / "etc"
         self.queue_directory = self.root / "spool"
@@ -170,6 +175,12 @@ class PostfixInstance:
             for _, _, files in os.walk(self.queue_directory / queue)
         )
 
+    def queue_is_empty(self) -> bool:
+        """No message file in any queue, read while the instance runs. A file that qmgr renames
+        from incoming to active is seen in one of them, because they are walked in that order;
+        callers that need certainty ask twice."""
+        return self.queued_message_count() == 0
+
     def stop_and_count_queued(self) -> int:
         """Stop, then count: a stopped qmgr moves no file while the queue is counted."""
         self.stop()
@@ -205,10 +216,13 @@ class PostfixInstance:
             "local_recipient_maps": "",
             "alias_maps": "",
             "alias_database": "",
-            "defer_transports": ", ".join(DEFERRED_TRANSPORTS),
             "maillog_file": str(self.maillog_file),
             "maillog_file_prefixes": str(self.root),
         }
+        if self.relayhost:
+            main_cf["relayhost"] = self.relayhost
+        else:
+            main_cf["defer_transports"] = ", ".join(DEFERRED_TRANSPORTS)
         if self.hold_queue:
             main_cf["smtpd_recipient_restrictions"] = (
                 "check_recipient_access static:HOLD, permit_mynetworks, reject_unauth_destination"
@@ -232,6 +246,28 @@ class PostfixInstance:
                 f"{result.stdout}{result.stderr}\n"
                 f"last lines of {self.maillog_file}:\n{log_tail(self.maillog_file)}"
             )
+
+
+def process_tree(root_pid: int) -> list[int]:
+    """root_pid and all its living descendants, from the parent pids in /proc/PID/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    if not _process_exists(root_pid):
+        return []
+    tree, pending = [], [root_pid]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, ()))
+    return tree
 
 
 def _process_exists(pid: int) -> bool:

@@ -1,0 +1,401 @@
+"""Relay throughput of pyfastmta and Postfix, side by side: smtp-source → server → smtp-sink.
+
+Each run starts a fresh smtp-sink on its own loopback address and a fresh server (durable: 250
+only once the message is on disk) that relays everything to that sink. smtp-source sends the
+load; the run is timed from smtp-source's start until the sink has received the last message
+and the server's queue is empty. The sink must count exactly the messages sent and the server's
+log must show exactly one `status=sent` per recipient, or the benchmark fails.
+
+    python bench/relay_race.py                       # the matrix: sessions × sizes × recipients
+    python bench/relay_race.py --headline            # -s 20 -l 2000 -m 20000, one recipient
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accept_race import (
+    BenchmarkFailure,
+    PyfastmtaInstance,
+    default_pyfastmta_command,
+    describe_machine,
+    markdown_table,
+    plain_table,
+    wait_until_listening,
+)
+from postfix_instance import PostfixInstance, PostfixInstanceError, process_tree
+
+SENDER = "bench@example.com"
+# Not local to either server, so both relay it; smtp-source numbers the recipients of -r N.
+RECIPIENT = "rcpt@relay.test"
+RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
+# The sink gets an address of its own, apart from the servers' 127.0.0.1.
+SINK_HOST = "127.0.0.2"
+
+MATRIX_SESSIONS = (1, 10, 50, 200)
+MATRIX_SIZES = (1024, 10240, 102400)
+MATRIX_RECIPIENTS = (1, 10)
+HEADLINE = {"sessions": 20, "length": 2000, "messages": 20000, "recipients": 1}
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on SINK_HOST:PORT, counting the messages it received (one per ".").
+
+    `-c` makes it print `sess=N quit=N mesg=N` after each session, QUIT and end of data; a
+    thread reads those counters as they come, so waiting for the last message costs no polling.
+    """
+
+    def __init__(self, executable: str, host: str = SINK_HOST):
+        self.executable = executable
+        self.host = host
+        self.port = free_port(host)
+        self.messages = 0
+        self._changed = threading.Condition()
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        # -m: room for every client session of both servers (Postfix's smtp processes, up to
+        # default_process_limit, and pyfastmta's cached connections).
+        self._process = subprocess.Popen(
+            [self.executable, *user, "-c", "-m", "1000", self.address, "1000"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self._reader = threading.Thread(target=self._read_counters, daemon=True)
+        self._reader.start()
+        try:
+            wait_until_listening(self.host, self.port, 10.0)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """True once at least count messages arrived; False after timeout or if the sink died."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.messages < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._process.poll() is not None:
+                    return False
+                self._changed.wait(min(remaining, 1.0))
+        return True
+
+    def stop(self) -> str:
+        """Kill this sink (only its own pid) and return what it wrote on stderr."""
+        if self._process is None:
+            return ""
+        process, self._process = self._process, None
+        process.kill()
+        process.wait()
+        self._reader.join(5)
+        errors = process.stderr.read().decode(errors="replace")
+        process.stderr.close()
+        return errors
+
+    def _read_counters(self) -> None:
+        stream = self._process.stdout
+        pending = b""
+        while chunk := stream.read1(65536):
+            pending += chunk
+            *complete, pending = pending.split(b"\r")
+            counts = [int(match) for line in complete for match in re.findall(rb"mesg=(\d+)", line)]
+            if counts:
+                with self._changed:
+                    self.messages = max(self.messages, *counts)
+                    self._changed.notify_all()
+        stream.close()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class RelayingPyfastmta(PyfastmtaInstance):
+    """pyfastmta relaying the benchmark's domain to the sink through a texthash transport map."""
+
+    def __init__(self, command: list[str], relay_to: str, parent_directory=None):
+        super().__init__(command, parent_directory)
+        self.relay_to = relay_to
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.root.chmod(0o755)
+        domain = RECIPIENT.partition("@")[2]
+        host, _, port = self.relay_to.rpartition(":")
+        transport = self.root / "transport"
+        transport.write_text(f"{domain} smtp:[{host}]:{port}\n")
+        (self.root / "main.cf").write_text(
+            f"queue_directory = {self.queue_directory}\n"
+            "mynetworks = 127.0.0.0/8\n"
+            "mydestination = localhost\n"
+            f"maillog_file = {self.maillog_file}\n"
+            f"transport_maps = texthash:{transport}\n"
+            # Nothing is looked up for [host]:port; were it, no query would leave the machine.
+            "dns_nameservers = 127.0.0.1:9\n"
+        )
+        (self.root / "master.cf").write_text(f"{self.address} inet n - n - - smtpd\n")
+        self.running = True
+        self._run("start")
+        wait_until_listening(self.host, self.port, timeout)
+
+    def queue_is_empty(self) -> bool:
+        return not self._run("postqueue", "-j").strip()
+
+    def peak_rss_kib(self) -> int:
+        """Sum of VmHWM (peak resident set) over the master and its workers."""
+        master = int((self.queue_directory / "pid" / "master.pid").read_text().split()[0])
+        return sum(vm_hwm_kib(pid) for pid in process_tree(master))
+
+
+class RelayingPostfix(PostfixInstance):
+    def __init__(self, relay_to: str, parent_directory=None):
+        host, _, port = relay_to.rpartition(":")
+        super().__init__(parent_directory=parent_directory, relayhost=f"[{host}]:{port}")
+
+
+def vm_hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def count_delivered(maillog: Path) -> int:
+    """`status=sent` lines in a Postfix-format log: one per recipient delivered."""
+    try:
+        return maillog.read_text(errors="replace").count(" status=sent ")
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class Run:
+    server: str
+    sessions: int
+    length: int
+    recipients: int
+    messages: int
+    received_by_sink: int
+    recipients_logged_sent: int
+    seconds: float
+    messages_per_second: float
+    peak_rss_mib: float | None
+
+
+def run_once(kind: str, cell: dict, options) -> Run:
+    sessions, length, recipients, messages = (
+        cell["sessions"], cell["length"], cell["recipients"], cell["messages"])
+    sink = SmtpSink(options.smtp_sink)
+    sink.start()
+    if kind == "postfix":
+        server = RelayingPostfix(sink.address, options.workdir)
+    else:
+        server = RelayingPyfastmta(shlex.split(options.pyfastmta), sink.address, options.workdir)
+    label = f"{kind} -s {sessions} -l {length} -r {recipients} -m {messages}"
+    try:
+        server.start()
+        command = [options.smtp_source, "-c", "-s", str(sessions), "-l", str(length),
+                   "-m", str(messages), "-r", str(recipients), "-f", SENDER, "-t", RECIPIENT,
+                   server.address]
+        started = time.perf_counter()
+        source = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=options.run_timeout)
+        counters = re.findall(rb"\d+", source.stdout)
+        accepted = int(counters[-1]) if counters else 0
+        if source.returncode != 0 or accepted != messages:
+            raise BenchmarkFailure(
+                f"{label}: `{shlex.join(command)}` exited {source.returncode} after {accepted} "
+                f"of {messages} messages:\n{source.stderr.decode(errors='replace')}")
+        remaining = options.run_timeout - (time.perf_counter() - started)
+        if not sink.wait_for(messages, remaining):
+            raise BenchmarkFailure(
+                f"{label}: {messages} messages accepted, but the sink received only "
+                f"{sink.messages} within {options.run_timeout:.0f} s")
+        # A message leaves the queue just after the sink's 250; two empty readings in a row,
+        # because a queue listing taken while a file moves between queues could miss it.
+        while not (server.queue_is_empty() and server.queue_is_empty()):
+            if time.perf_counter() - started > options.run_timeout:
+                raise BenchmarkFailure(f"{label}: the sink has every message, but the server's "
+                                       f"queue is still not empty after {options.run_timeout:.0f} s")
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        rss = server.peak_rss_kib() if kind == "pyfastmta" else None
+        # Time for a duplicate delivery, were there one, to reach the sink and the log.
+        time.sleep(options.settle)
+        received = sink.messages
+        server.stop()
+        logged = count_delivered(server.maillog_file)
+    finally:
+        server.stop()
+        sink_errors = sink.stop()
+        server.remove()
+    if received != messages:
+        raise BenchmarkFailure(f"{label}: {messages} messages sent, the sink received {received} "
+                               f"({'duplicates' if received > messages else 'loss'})"
+                               f"\n{sink_errors}")
+    if logged != messages * recipients:
+        raise BenchmarkFailure(f"{label}: {messages * recipients} recipients sent, the log shows "
+                               f"{logged} status=sent lines")
+    run = Run(server=kind, sessions=sessions, length=length, recipients=recipients,
+              messages=messages, received_by_sink=received, recipients_logged_sent=logged,
+              seconds=round(seconds, 3), messages_per_second=round(messages / seconds, 1),
+              peak_rss_mib=None if rss is None else round(rss / 1024, 1))
+    rss_text = "" if rss is None else f", peak RSS {run.peak_rss_mib:.0f} MiB"
+    print(f"{label:<44} {received} at the sink, {logged} status=sent, {run.seconds:7.2f} s, "
+          f"{run.messages_per_second:7.0f} msg/s{rss_text}", flush=True)
+    return run
+
+
+def cells(options) -> list[dict]:
+    if options.headline:
+        return [dict(HEADLINE)]
+    return [{"sessions": s, "length": length, "recipients": r, "messages": options.messages}
+            for s in options.sessions for length in options.sizes for r in options.recipients]
+
+
+def table_rows(runs: list[Run], servers: list[str]) -> tuple[list[str], list[list[str]]]:
+    heading = ["sessions", "size", "rcpt/msg", "messages", "Postfix msg/s", "pyfastmta msg/s",
+               "ratio to Postfix", "pyfastmta peak RSS (MiB)"]
+    rows = []
+    keyed = {(r.server, r.sessions, r.length, r.recipients): r for r in runs}
+    for run in runs:
+        if run.server != servers[0]:
+            continue
+        key = (run.sessions, run.length, run.recipients)
+        postfix, pyfastmta = keyed.get(("postfix", *key)), keyed.get(("pyfastmta", *key))
+        ratio = (f"{pyfastmta.messages_per_second / postfix.messages_per_second:.2f}"
+                 if postfix and pyfastmta else "-")
+        rows.append([
+            str(run.sessions), size_text(run.length), str(run.recipients), str(run.messages),
+            f"{postfix.messages_per_second:.0f}" if postfix else "-",
+            f"{pyfastmta.messages_per_second:.0f}" if pyfastmta else "-",
+            ratio,
+            f"{pyfastmta.peak_rss_mib:.0f}" if pyfastmta else "-",
+        ])
+    return heading, rows
+
+
+def size_text(length: int) -> str:
+    return f"{length // 1024} KB" if length % 1024 == 0 else f"{length} B"
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers") from None
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be at least 1")
+    return values
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--headline", action="store_true",
+                        help="one run per server with -s 20 -l 2000 -m 20000, instead of the matrix")
+    parser.add_argument("-m", "--messages", type=int, default=1000,
+                        help="messages per matrix cell (default: %(default)s)")
+    parser.add_argument("--sessions", type=int_list, default=list(MATRIX_SESSIONS),
+                        help="smtp-source sessions of the matrix, comma-separated (default: 1,10,50,200)")
+    parser.add_argument("--sizes", type=int_list, default=list(MATRIX_SIZES),
+                        help="message body bytes of the matrix (default: 1024,10240,102400)")
+    parser.add_argument("--recipients", type=int_list, default=list(MATRIX_RECIPIENTS),
+                        help="recipients per message of the matrix (default: 1,10)")
+    parser.add_argument("--servers", default="postfix,pyfastmta",
+                        help="comma-separated servers, from postfix and pyfastmta, in running order")
+    parser.add_argument("--pyfastmta", default=default_pyfastmta_command(),
+                        help="command that runs pyfastmta (default: %(default)s)")
+    parser.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")
+    parser.add_argument("--smtp-sink", default=shutil.which("smtp-sink") or "/usr/sbin/smtp-sink")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds to wait after the queue is empty before counting again, so "
+                             "a duplicate delivery would be seen")
+    parser.add_argument("--run-timeout", type=float, default=600.0,
+                        help="seconds one run may take before the benchmark fails")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where the servers' temporary directories (and queues) are made")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIRECTORY,
+                        help="directory for relay-<timestamp>.json and .md")
+    options = parser.parse_args(argv)
+    options.server_list = options.servers.split(",")
+    if (not options.server_list or len(set(options.server_list)) != len(options.server_list)
+            or any(kind not in ("postfix", "pyfastmta") for kind in options.server_list)):
+        parser.error("--servers takes postfix and/or pyfastmta, comma-separated, each once")
+    if options.messages < 1:
+        parser.error("--messages must be at least 1")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_arguments(argv)
+    if os.geteuid() != 0:
+        print("relay_race: a private Postfix can only be started as root", file=sys.stderr)
+        return 2
+    machine = describe_machine(options.workdir)
+    print(f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']}; "
+          f"queues on {machine['queue_filesystem']} {machine['queue_device']} "
+          f"({machine['queue_parent_directory']}); Postfix {machine['postfix_version']}")
+    print("smtp-source → server → smtp-sink, each run timed until the sink has every message and "
+          "the queue is empty", flush=True)
+
+    runs = []
+    try:
+        for cell in cells(options):
+            for kind in options.server_list:
+                runs.append(run_once(kind, cell, options))
+    except (BenchmarkFailure, PostfixInstanceError, TimeoutError, subprocess.TimeoutExpired) as failure:
+        print(f"\nBENCHMARK FAILED: {failure}", file=sys.stderr)
+        return 1
+
+    heading, rows = table_rows(runs, options.server_list)
+    print()
+    print(plain_table(heading, rows))
+    markdown = markdown_table(heading, rows)
+    print("\nfor the README:\n")
+    print(markdown)
+
+    timestamp = time.strftime("%Y%m%dT%H%M%S")
+    options.results.mkdir(parents=True, exist_ok=True)
+    name = f"relay-{'headline-' if options.headline else ''}{timestamp}"
+    (options.results / f"{name}.json").write_text(json.dumps({
+        "timestamp": timestamp,
+        "parameters": {"headline": options.headline, "servers": options.servers,
+                       "sender": SENDER, "recipient": RECIPIENT, "pyfastmta": options.pyfastmta},
+        "machine": machine,
+        "runs": [asdict(run) for run in runs],
+    }, indent=2) + "\n")
+    (options.results / f"{name}.md").write_text(
+        f"{machine['nproc']} CPUs ({machine['cpu_model']}), queues on "
+        f"{machine['queue_filesystem']}, Postfix {machine['postfix_version']}\n\n{markdown}\n")
+    print(f"\nresults written to {options.results / name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    # A terminated benchmark still stops its servers and sinks and removes their directories.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.exit(main())
