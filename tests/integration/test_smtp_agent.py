@@ -3,7 +3,6 @@ Postfix's smtp-sink on 127.0.0.x; requests come in the queue manager's form."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -15,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from pyfastmta.dns import DnsResolver
 from pyfastmta.qmgr.delivery import DeliveryRequest
@@ -76,17 +74,6 @@ def world():
         process.wait()
     dns.stdout.close()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def run_coroutine(coroutine):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coroutine)
-
-    return run_coroutine
 
 
 def stored_message(directory: Path, body: str) -> tuple[str, int, int]:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from pyfastmta.dns import Destination, DnsError, DnsResolver, MxHost
 from pyfastmta.dns.cache import TtlCache
@@ -91,17 +90,6 @@ def server(tmp_path_factory):
     dns_server = DnsServer(tmp_path_factory.mktemp("dns"))
     yield dns_server
     dns_server.stop()
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def run_coroutine(coroutine):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coroutine)
-
-    return run_coroutine
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import re
 import time
 from types import SimpleNamespace
 
-import pytest
-import uvloop
 
 from pyfastmta.qmgr import DeliveryOutcome, Scheduler, next_retry_time
 from pyfastmta.queue.envelope import Envelope, Recipient
@@ -19,17 +17,6 @@ SENT_LINE = re.compile(
     r" delay=(?P<delay>\d+(?:\.\d{1,2})?),"
     r" delays=(?P<a>\d+(?:\.\d{1,2})?)/(?P<b>\d+(?:\.\d{1,2})?)/(?P<c>\d+(?:\.\d{1,2})?)/(?P<d>\d+(?:\.\d{1,2})?),"
     r" dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), status=(?P<status>sent|deferred|bounced) \((?P<reason>.*)\)$")
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def run_coroutine(coroutine):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coroutine)
-
-    return run_coroutine
 
 
 def resolve(address):
