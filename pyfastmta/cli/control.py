@@ -9,6 +9,7 @@ import time
 
 from pyfastmta.master.master import Master
 from pyfastmta.master.pidfile import PidFile
+from pyfastmta.qmgr.flushrequest import write_request
 
 
 def _say(text: str) -> None:
@@ -93,11 +94,14 @@ def status(config) -> int:
     return 0
 
 
-def flush(config) -> int:
-    """postqueue -f / flush: every deferred message is tried now."""
-    pid = PidFile.for_queue(config.get("queue_directory")).running_pid()
+def flush(config, site: str | None = None) -> int:
+    """postqueue -f / flush: every deferred message is tried now; postqueue -s SITE: the mail
+    queued for that site."""
+    queue_directory = config.get("queue_directory")
+    pid = PidFile.for_queue(queue_directory).running_pid()
     if pid is None:
         _say("the mail system is not running")
         return 1
+    write_request(queue_directory, site)
     os.kill(pid, signal.SIGUSR1)
     return 0

@@ -12,6 +12,7 @@ commands:
   postconf [-d | -n | -h | -x | -M] [name ...]
   postqueue -p | -j      list the queue (mailq: same as postqueue -p)
   postqueue -f | flush   try every deferred message now
+  postqueue -s SITE      try the deferred mail for SITE now
   postcat [-ebh] -q ID   show a queued message
 """
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from pyfastmta.cli import control
 
         return control.flush(config)
+    if command == "postqueue" and len(rest) == 2 and rest[0] == "-s":
+        from pyfastmta.cli import control
+
+        return control.flush(config, rest[1])
     if command in ("postqueue", "mailq"):
         from pyfastmta.cli import postqueue
 

@@ -12,6 +12,7 @@ import signal
 
 from pyfastmta.config import ConfigError, load_config
 from pyfastmta.maillog import Maillog
+from pyfastmta.qmgr.flushrequest import FlushRequests
 from pyfastmta.qmgr.service import DeliveryService
 from pyfastmta.queue.partition import Partition
 from pyfastmta.smtpd.server import SmtpServer
@@ -83,7 +84,8 @@ class Worker:
             servers.append(await loop.create_server(self._session_factory(key), sock=sock))
         loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        loop.add_signal_handler(signal.SIGUSR1, self.delivery.flush)
+        flush_requests = FlushRequests(config.get("queue_directory"))
+        loop.add_signal_handler(signal.SIGUSR1, self._flush, flush_requests)
         loop.add_reader(self.master_alive_fd, self._master_gone)
         os.write(self.ready_fd, bytes([self.index % 256]))
         os.close(self.ready_fd)
@@ -115,6 +117,10 @@ class Worker:
         for key, (service, _sock) in enumerate(self.listeners):
             current = services.get(service.name, service)
             self.factories[key] = self.server.protocol_factory(config.for_service(current))
+
+    def _flush(self, flush_requests: FlushRequests) -> None:
+        for site in flush_requests.new_sites():
+            self.delivery.flush(site)
 
     def _master_gone(self) -> None:
         try:

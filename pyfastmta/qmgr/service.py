@@ -136,8 +136,8 @@ class DeliveryService:
     def wake(self) -> None:
         self.scheduler.wake()
 
-    def flush(self) -> None:
-        self.scheduler.flush()
+    def flush(self, site: str | None = None) -> None:
+        self.scheduler.flush(site)
 
     async def run(self) -> None:
         await self.scheduler.run()

@@ -250,3 +250,31 @@ def test_null_mx_bounces_at_once_and_a_down_destination_is_suspended(relay, peer
     queued = {m["queue_id"]: m for m in relay.queue_json()}
     assert set(down_ids) <= set(queued)
     assert all(queued[queue_id]["queue_name"] == "deferred" for queue_id in down_ids)
+
+
+def test_postqueue_s_flushes_only_the_named_site(make_mta, peers):
+    host = "127.0.0.75"
+    port = free_port(host)
+    table_dir = Path(tempfile.mkdtemp(prefix="pyfastmta-site-"))
+    table = table_dir / "transport"
+    table.write_text(f"one.test smtp:[{host}]:{port}\ntwo.test smtp:[{host}]:{port}\n")
+    mta = make_mta({"default_transport": "smtp", "dns_nameservers": f"127.0.0.1:{peers.dns_port}",
+                    "transport_maps": f"texthash:{table}"})
+    deferring = start_sink(peers, host, port, "-r", "RCPT")
+    ids = {}
+    for domain in ("one.test", "two.test"):
+        sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", "s@example.test",
+                               "--to", f"u@{domain}"], capture_output=True, text=True)
+        ids[domain] = sent.stdout.split("queued as ")[1].split()[0]
+    assert wait_until(lambda: mta.log_text().count("status=deferred") >= 2)
+    deferring.kill()
+    deferring.wait()
+    start_sink(peers, host, port)
+    mta.cli("postqueue", "-s", "one.test")
+    assert wait_until(lambda: relay_removed(mta, ids["one.test"]))
+    time.sleep(0.5)
+    assert not relay_removed(mta, ids["two.test"])
+    assert ids["two.test"] in {m["queue_id"] for m in mta.queue_json()}
+    mta.cli("postqueue", "-f")
+    assert wait_until(lambda: relay_removed(mta, ids["two.test"]))
+    shutil.rmtree(table_dir, ignore_errors=True)
