@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from pyfastmta.cleanup.dates import mail_date
+from pyfastmta.queue.wireform import stuff, unstuff
 
 KINDS = ("failure", "delay", "success")
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
@@ -180,18 +181,6 @@ def _wire_lines(content: bytes) -> bytes:
     return content
 
 
-def _unstuff(content: bytes) -> bytes:
-    if content.startswith(b"."):
-        content = content[1:]
-    return content.replace(b"\r\n.", b"\r\n")
-
-
-def _stuff(content: bytes) -> bytes:
-    if content.startswith(b"."):
-        content = b"." + content
-    return content.replace(b"\r\n.", b"\r\n..")
-
-
 def _header_block(message: bytes) -> bytes:
     """The header lines of a message (with their CRLFs), without the empty line after them."""
     if message.startswith(b"\r\n"):
@@ -293,7 +282,7 @@ def build_dsn(*, kind: str, queue_id: str, sender: str, arrival_time: float, env
         raise ValueError(f"notice kind {kind!r} is not one of {', '.join(KINDS)}")
     if not recipients:
         raise ValueError("a delivery status notice needs at least one recipient report")
-    message = _unstuff(_wire_lines(bytes(original)))
+    message = unstuff(_wire_lines(bytes(original)))
     whole = (kind == "failure" and (ret or "").upper() != "HDRS"
              and (bounce_size_limit <= 0 or len(original) <= bounce_size_limit))
     headers = _header_block(message)
@@ -356,4 +345,4 @@ def build_dsn(*, kind: str, queue_id: str, sender: str, arrival_time: float, env
     head.append("\r\n")
     tail = f"\r\n--{boundary}--\r\n"
     notice = b"".join((("".join(head)).encode("utf-8"), returned, tail.encode("utf-8")))
-    return _stuff(notice)
+    return stuff(notice)

@@ -11,13 +11,9 @@ import sys
 import time
 
 from pyfastmta.queue.listing import read_message
+from pyfastmta.queue.wireform import unstuff
 
 USAGE = "usage: pyfastmta postcat [-ebh] -q queue_id"
-
-
-def unstuff(content: bytes) -> bytes:
-    lines = content.split(b"\r\n")
-    return b"\n".join(line[1:] if line.startswith(b".") else line for line in lines)
 
 
 def run(argv: list[str], queue_directory: str) -> int:
@@ -42,7 +38,7 @@ def run(argv: list[str], queue_directory: str) -> int:
             continue
         queue_name, envelope, content = found
         where = f"{queue_name}/{queue_id}"
-        text = unstuff(content)
+        text = unstuff(content).replace(b"\r\n", b"\n")
         head, separator, body = text.partition(b"\n\n")
         if "-e" in sections:
             lines = [f"*** ENVELOPE RECORDS {where} ***",

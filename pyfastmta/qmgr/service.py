@@ -20,8 +20,6 @@ _TRANSPORT_SETTINGS = (
 )
 _INTEGER_SETTINGS = {"destination_recipient_limit", "destination_concurrency_limit",
                      "initial_destination_concurrency", "destination_concurrency_failed_cohort_limit"}
-_TIMEOUT_STAGES = ("connect", "starttls", "mail", "rcpt", "data_init", "data_xfer", "data_done",
-                   "rset", "quit")
 
 
 def transport_tables(config) -> list[TransportTable]:
@@ -102,11 +100,8 @@ class DeliveryService:
     def _agent(self, config, *, lmtp: bool) -> SmtpDeliveryAgent:
         get = config.get
         prefix = "lmtp" if lmtp else "smtp"
-        stages = {f"{prefix}_{stage}_timeout": get(f"{prefix}_{stage}_timeout") for stage in _TIMEOUT_STAGES}
-        if lmtp:
-            timeouts = ClientTimeouts.for_lmtp(lmtp_lhlo_timeout=get("lmtp_lhlo_timeout"), **stages)
-        else:
-            timeouts = ClientTimeouts.for_smtp(smtp_helo_timeout=get("smtp_helo_timeout"), **stages)
+        limits = {name: get(name) for name in ClientTimeouts.parameter_names(prefix)}
+        timeouts = ClientTimeouts.for_lmtp(**limits) if lmtp else ClientTimeouts.for_smtp(**limits)
         cache = None
         if get("smtp_connection_cache_on_demand"):
             cache = ConnectionCache(reuse_time_limit=get("smtp_connection_reuse_time_limit"),

@@ -43,25 +43,37 @@ class ClientTimeouts:
         self.rset = rset
         self.quit = quit
 
-    @classmethod
-    def for_smtp(cls, *, smtp_connect_timeout=30.0, smtp_helo_timeout=300.0,
-                 smtp_starttls_timeout=300.0, smtp_mail_timeout=300.0, smtp_rcpt_timeout=300.0,
-                 smtp_data_init_timeout=120.0, smtp_data_xfer_timeout=180.0,
-                 smtp_data_done_timeout=600.0, smtp_rset_timeout=20.0, smtp_quit_timeout=300.0):
-        return cls(smtp_connect_timeout, smtp_helo_timeout, smtp_starttls_timeout,
-                   smtp_mail_timeout, smtp_rcpt_timeout, smtp_data_init_timeout,
-                   smtp_data_xfer_timeout, smtp_data_done_timeout, smtp_rset_timeout,
-                   smtp_quit_timeout)
+    # Postfix's default per stage. The greeting stage's parameter is *_helo_timeout for SMTP and
+    # lmtp_lhlo_timeout for LMTP; LMTP's connect default 0 leaves the limit to the system.
+    STAGES = (("connect", 30.0), ("helo", 300.0), ("starttls", 300.0), ("mail", 300.0),
+              ("rcpt", 300.0), ("data_init", 120.0), ("data_xfer", 180.0), ("data_done", 600.0),
+              ("rset", 20.0), ("quit", 300.0))
 
     @classmethod
-    def for_lmtp(cls, *, lmtp_connect_timeout=0.0, lmtp_lhlo_timeout=300.0,
-                 lmtp_starttls_timeout=300.0, lmtp_mail_timeout=300.0, lmtp_rcpt_timeout=300.0,
-                 lmtp_data_init_timeout=120.0, lmtp_data_xfer_timeout=180.0,
-                 lmtp_data_done_timeout=600.0, lmtp_rset_timeout=20.0, lmtp_quit_timeout=300.0):
-        return cls(lmtp_connect_timeout, lmtp_lhlo_timeout, lmtp_starttls_timeout,
-                   lmtp_mail_timeout, lmtp_rcpt_timeout, lmtp_data_init_timeout,
-                   lmtp_data_xfer_timeout, lmtp_data_done_timeout, lmtp_rset_timeout,
-                   lmtp_quit_timeout)
+    def parameter_names(cls, protocol: str) -> list[str]:
+        """The main.cf names of the time limits of "smtp" or "lmtp", in constructor order."""
+        return [f"{protocol}_{'lhlo' if protocol == 'lmtp' and stage == 'helo' else stage}_timeout"
+                for stage, _default in cls.STAGES]
+
+    @classmethod
+    def _from_parameters(cls, protocol: str, values: dict) -> "ClientTimeouts":
+        names = cls.parameter_names(protocol)
+        unknown = set(values) - set(names)
+        if unknown:
+            raise TypeError(f"unknown {protocol} time limits: {', '.join(sorted(unknown))}")
+        defaults = [0.0 if protocol == "lmtp" and stage == "connect" else default
+                    for stage, default in cls.STAGES]
+        return cls(*(values.get(name, default) for name, default in zip(names, defaults)))
+
+    @classmethod
+    def for_smtp(cls, **smtp_timeouts) -> "ClientTimeouts":
+        """From smtp_*_timeout values by their Postfix names; Postfix's defaults for the rest."""
+        return cls._from_parameters("smtp", smtp_timeouts)
+
+    @classmethod
+    def for_lmtp(cls, **lmtp_timeouts) -> "ClientTimeouts":
+        """From lmtp_*_timeout values by their Postfix names; Postfix's defaults for the rest."""
+        return cls._from_parameters("lmtp", lmtp_timeouts)
 
 
 class RecipientResult:

@@ -102,16 +102,27 @@ def relay(make_mta, peers):
     }, start=False)
 
 
-def start_relay(mta, peers, extra: dict[str, str] | None = None) -> None:
+def start_relay(mta, peers, extra: dict[str, str] | None = None, table: str | None = None) -> None:
+    """Starts the relay with a transport map: by default every domain goes to its MX hosts, but
+    on the sinks' port."""
+    if table is None:
+        table = f"accept.test smtp:accept.test:{peers.port}\nrefuse.test smtp:refuse.test:{peers.port}\n"
+    (mta.dir / "transport").write_text(table)
     table = mta.dir / "transport"
-    # Every domain goes to its MX hosts, but on the sinks' port.
-    table.write_text(f"accept.test smtp:accept.test:{peers.port}\nrefuse.test smtp:refuse.test:{peers.port}\n")
     text = (mta.dir / "main.cf").read_text()
     text += f"transport_maps = texthash:{table}\n"
     for name, value in (extra or {}).items():
         text += f"{name} = {value}\n"
     (mta.dir / "main.cf").write_text(text)
     mta.start()
+
+
+def send(mta, to: str, sender: str = "s@example.test", body: str = "relayed") -> str:
+    """One message through swaks; its queue ID."""
+    sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", sender, "--to", to,
+                           "--body", body], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stdout
+    return sent.stdout.split("queued as ")[1].split()[0]
 
 
 def wait_until(predicate, timeout: float = 30) -> bool:
@@ -144,11 +155,7 @@ def test_relayed_mail_reaches_the_sink_once_and_leaves_the_queue(relay, peers):
 
 def test_refused_recipient_bounces_back_to_the_sender(relay, peers):
     start_relay(relay, peers)
-    code = subprocess.run(
-        ["swaks", "--server", f"{relay.host}:{relay.port}", "--from", "sender@example.test",
-         "--to", "nobody@refuse.test", "--body", "will bounce"], capture_output=True, text=True, timeout=60)
-    assert code.returncode == 0, code.stdout
-    original = code.stdout.split("queued as ")[1].split()[0]
+    original = send(relay, "nobody@refuse.test", sender="sender@example.test", body="will bounce")
     assert wait_until(lambda: relay.logged(f"{original}: removed", timeout=0))
     log = relay.log_text()
     assert re.search(original + r": to=<nobody@refuse\.test>, relay=mx\.refuse\.test\[127\.0\.0\.72\]:\d+, "
@@ -178,19 +185,14 @@ def start_sink(peers, host: str, port: int, *options: str) -> subprocess.Popen:
             time.sleep(0.02)
 
 
-def test_deferred_mail_is_delivered_when_the_destination_recovers(make_mta, peers):
+def test_deferred_mail_is_delivered_when_the_destination_recovers(relay, peers):
     """A downstream that answers 4xx, then one that accepts: postqueue -f delivers the mail."""
+    mta = relay
     host = "127.0.0.73"
     port = free_port(host)
-    table_dir = Path(tempfile.mkdtemp(prefix="pyfastmta-defer-"))
-    table = table_dir / "transport"
-    table.write_text(f"later.test smtp:[{host}]:{port}\n")
-    mta = make_mta({"default_transport": "smtp", "dns_nameservers": f"127.0.0.1:{peers.dns_port}",
-                    "transport_maps": f"texthash:{table}"})
+    start_relay(mta, peers, table=f"later.test smtp:[{host}]:{port}\n")
     deferring = start_sink(peers, host, port, "-r", "RCPT")
-    sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", "s@example.test",
-                           "--to", "u@later.test", "--body", "try again"], capture_output=True, text=True)
-    queue_id = sent.stdout.split("queued as ")[1].split()[0]
+    queue_id = send(mta, "u@later.test", body="try again")
     assert wait_until(lambda: "status=deferred" in mta.log_text())
     assert re.search(queue_id + r": to=<u@later\.test>, relay=.*status=deferred \(host .* said: 4", mta.log_text())
     listing = mta.cli("postqueue", "-p").stdout
@@ -201,27 +203,22 @@ def test_deferred_mail_is_delivered_when_the_destination_recovers(make_mta, peer
     mta.cli("postqueue", "-f")
     assert wait_until(lambda: relay_removed(mta, queue_id))
     assert re.search(queue_id + r": to=<u@later\.test>, .*status=sent \(250", mta.log_text())
-    shutil.rmtree(table_dir, ignore_errors=True)
 
 
 def relay_removed(mta, queue_id: str) -> bool:
     return f"{queue_id}: removed" in mta.log_text()
 
 
-def test_lmtp_transport_from_the_transport_map(make_mta, peers):
+def test_lmtp_transport_from_the_transport_map(relay, peers):
+    mta = relay
     socket_dir = Path(tempfile.mkdtemp(prefix="pyfastmta-lmtp-"))
     socket_dir.chmod(0o777)
     lmtp_socket = socket_dir / "lmtp"
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     peers._start([SMTP_SINK, *user, "-L", f"unix:{lmtp_socket}", "10"])
     assert wait_until(lmtp_socket.exists, 10)
-    table = socket_dir / "transport"
-    table.write_text(f"mailbox.test lmtp:unix:{lmtp_socket}\n")
-    mta = make_mta({"transport_maps": f"texthash:{table}"})
-    sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", "s@example.test",
-                           "--to", "one@mailbox.test,two@mailbox.test", "--body", "to the store"],
-                          capture_output=True, text=True)
-    queue_id = sent.stdout.split("queued as ")[1].split()[0]
+    start_relay(mta, peers, table=f"mailbox.test lmtp:unix:{lmtp_socket}\n")
+    queue_id = send(mta, "one@mailbox.test,two@mailbox.test", body="to the store")
     assert wait_until(lambda: relay_removed(mta, queue_id))
     log = mta.log_text()
     for user_name in ("one", "two"):
@@ -233,15 +230,10 @@ def test_lmtp_transport_from_the_transport_map(make_mta, peers):
 def test_null_mx_bounces_at_once_and_a_down_destination_is_suspended(relay, peers):
     # A cohort is as many deliveries as the window: with a window of 1 one failure kills.
     start_relay(relay, peers, {"initial_destination_concurrency": "1"})
-    swaks = ["swaks", "--server", f"{relay.host}:{relay.port}", "--from", "sender@example.test"]
-    nullmx = subprocess.run(swaks + ["--to", "x@nullmx.test"], capture_output=True, text=True)
-    nullmx_id = nullmx.stdout.split("queued as ")[1].split()[0]
+    nullmx_id = send(relay, "x@nullmx.test", sender="sender@example.test")
     assert wait_until(lambda: relay_removed(relay, nullmx_id))
     assert re.search(nullmx_id + r": to=<x@nullmx\.test>, .*dsn=5\.1\.10, status=bounced", relay.log_text())
-    down_ids = []
-    for number in range(3):
-        sent = subprocess.run(swaks + ["--to", f"d{number}@down.test"], capture_output=True, text=True)
-        down_ids.append(sent.stdout.split("queued as ")[1].split()[0])
+    down_ids = [send(relay, f"d{number}@down.test", sender="sender@example.test") for number in range(3)]
     assert wait_until(lambda: all(f"{queue_id}: to=<" in relay.log_text() for queue_id in down_ids))
     log = relay.log_text()
     assert re.search(r"status=deferred \(connect to mx\.down\.test\[127\.0\.0\.74\]:\d+: Connection refused\)", log)
@@ -252,20 +244,13 @@ def test_null_mx_bounces_at_once_and_a_down_destination_is_suspended(relay, peer
     assert all(queued[queue_id]["queue_name"] == "deferred" for queue_id in down_ids)
 
 
-def test_postqueue_s_flushes_only_the_named_site(make_mta, peers):
+def test_postqueue_s_flushes_only_the_named_site(relay, peers):
+    mta = relay
     host = "127.0.0.75"
     port = free_port(host)
-    table_dir = Path(tempfile.mkdtemp(prefix="pyfastmta-site-"))
-    table = table_dir / "transport"
-    table.write_text(f"one.test smtp:[{host}]:{port}\ntwo.test smtp:[{host}]:{port}\n")
-    mta = make_mta({"default_transport": "smtp", "dns_nameservers": f"127.0.0.1:{peers.dns_port}",
-                    "transport_maps": f"texthash:{table}"})
+    start_relay(mta, peers, table=f"one.test smtp:[{host}]:{port}\ntwo.test smtp:[{host}]:{port}\n")
     deferring = start_sink(peers, host, port, "-r", "RCPT")
-    ids = {}
-    for domain in ("one.test", "two.test"):
-        sent = subprocess.run(["swaks", "--server", f"{mta.host}:{mta.port}", "--from", "s@example.test",
-                               "--to", f"u@{domain}"], capture_output=True, text=True)
-        ids[domain] = sent.stdout.split("queued as ")[1].split()[0]
+    ids = {domain: send(mta, f"u@{domain}") for domain in ("one.test", "two.test")}
     assert wait_until(lambda: mta.log_text().count("status=deferred") >= 2)
     deferring.kill()
     deferring.wait()
@@ -277,4 +262,3 @@ def test_postqueue_s_flushes_only_the_named_site(make_mta, peers):
     assert ids["two.test"] in {m["queue_id"] for m in mta.queue_json()}
     mta.cli("postqueue", "-f")
     assert wait_until(lambda: relay_removed(mta, ids["two.test"]))
-    shutil.rmtree(table_dir, ignore_errors=True)
