@@ -17,10 +17,9 @@ from pyfastmta import __version__
 from pyfastmta.config import ConfigError, load_config
 from pyfastmta.maillog import Maillog
 from pyfastmta.master.pidfile import PidFile
-from pyfastmta.master.worker import Worker
+from pyfastmta.master.worker import LISTEN_BACKLOG, Worker
 from pyfastmta.qmgr.service import address_resolver
 
-LISTEN_BACKLOG = 1024
 # A worker that dies sooner than this after its start is restarted only after THROTTLE_SECONDS.
 THROTTLE_SECONDS = 1.0
 MIN_HEALTHY_SECONDS = 10.0

@@ -17,6 +17,8 @@ from pyfastmta.qmgr.service import DeliveryService
 from pyfastmta.queue.partition import Partition
 from pyfastmta.smtpd.server import SmtpServer
 
+# Room for the connections a burst of clients opens before the workers accept them.
+LISTEN_BACKLOG = 1024
 # PYFASTMTA_EVENT_LOOP=asyncio runs the standard loop instead of uvloop (the tests use both).
 EVENT_LOOP_VARIABLE = "PYFASTMTA_EVENT_LOOP"
 
@@ -81,7 +83,9 @@ class Worker:
         servers = []
         for key, (service, sock) in enumerate(self.listeners):
             self.factories[key] = self.server.protocol_factory(config.for_service(service))
-            servers.append(await loop.create_server(self._session_factory(key), sock=sock))
+            # create_server listens again, with asyncio's backlog of 100 unless told otherwise.
+            servers.append(await loop.create_server(self._session_factory(key), sock=sock,
+                                                    backlog=LISTEN_BACKLOG))
         loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         flush_requests = FlushRequests(config.get("queue_directory"))

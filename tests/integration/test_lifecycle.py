@@ -220,3 +220,42 @@ def test_full_queue_disk_answers_451_and_keeps_what_it_acknowledged(make_mta, co
     finally:
         mta.stop()
         subprocess.run(["umount", str(mta.spool)], check=False)
+
+
+def test_a_burst_of_connections_waits_in_the_backlog(mta):
+    """While no worker accepts, 400 clients connect at once: each one's handshake completes in
+    the kernel's accept queue (asyncio's default backlog of 100 would drop SYNs, and those
+    clients would wait a second or more to retry), and each gets its greeting once the workers
+    run again."""
+    workers = mta.worker_pids()
+    clients = []
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(400):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex((mta.host, mta.port))
+            clients.append(client)
+        deadline = time.monotonic() + 0.5
+        pending = list(clients)
+        while pending and time.monotonic() < deadline:
+            pending = [c for c in pending if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+                       or not _connected(c)]
+            time.sleep(0.01)
+        assert not pending, f"{len(pending)} of 400 connections were not accepted by the kernel"
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    for client in clients:
+        client.settimeout(15)
+        assert client.recv(512).startswith(b"220 ")
+        client.close()
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+        return True
+    except OSError:
+        return False
