@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the tests and benchmarks talk to: Postfix (smtp-source, smtp-sink, postmap) and swaks.
-DEBIAN_PACKAGES := postfix swaks
+# Debian packages the tests and benchmarks talk to: Postfix (smtp-source, smtp-sink, postmap, a TLS
+# peer), swaks, and Dovecot's LMTP server.
+DEBIAN_PACKAGES := postfix swaks dovecot-lmtpd
 PYTEST_ARGS ?=
 
 .PHONY: run test bench bench-relay bench-micro build sysdeps sanitize clean
