@@ -96,3 +96,30 @@ def networks_for_style(style: str, ipv4: bool, ipv6: bool) -> list[str]:
         if entry not in unique:
             unique.append(entry)
     return unique
+
+
+def own_addresses(interfaces: list[str], ipv4: bool, ipv6: bool) -> list[str]:
+    """The addresses named by inet_interfaces or proxy_interfaces ("all", "loopback-only", or
+    addresses and host names): mail sent to one of them comes back to this host. Raises
+    ValueError for a name that has no address."""
+    words = [word.lower() for word in interfaces]
+    if words == ["all"]:
+        return ([str(i.ip) for i in ipv4_interfaces()] if ipv4 else []) + \
+               ([str(i.ip) for i in ipv6_interfaces()] if ipv6 else [])
+    if words == ["loopback-only"]:
+        return (["127.0.0.1"] if ipv4 else []) + (["::1"] if ipv6 else [])
+    found: list[str] = []
+    for interface in interfaces:
+        literal = interface[1:-1] if interface.startswith("[") and interface.endswith("]") else interface
+        try:
+            addresses = [str(ipaddress.ip_address(literal))]
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(literal, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError) as error:
+                raise ValueError(f'cannot find the address of host "{literal}": {error}') from None
+            addresses = [str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos]
+        for address in addresses:
+            if address not in found:
+                found.append(address)
+    return found

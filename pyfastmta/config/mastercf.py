@@ -174,7 +174,7 @@ def parse_master_cf(path: str, default_process_limit: int) -> list[Service]:
     return services
 
 
-def _families(protocols: list[str], ipv6_available: bool) -> tuple[bool, bool]:
+def protocol_families(protocols: list[str], ipv6_available: bool) -> tuple[bool, bool]:
     words = {word.lower() for word in protocols}
     everything = "all" in words
     return everything or "ipv4" in words, (everything and ipv6_available) or "ipv6" in words
@@ -227,7 +227,7 @@ def listen_addresses(
             port = socket.getservbyname(port_text, "tcp")
         except OSError:
             raise ConfigError(*where, f'unknown port or service name "{port_text}" in {service.name}') from None
-    ipv4, ipv6 = _families(inet_protocols, ipv6_available)
+    ipv4, ipv6 = protocol_families(inet_protocols, ipv6_available)
     if host:
         return _resolve_host(host, port, ipv4, ipv6, where)
     words = [word.lower() for word in inet_interfaces]

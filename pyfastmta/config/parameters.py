@@ -160,6 +160,9 @@ _TABLE = [
     Parameter("inet_interfaces", LIST, "all",
               "Addresses to listen on when a master.cf inet service names no host: all, loopback-only "
               "or a list of addresses."),
+    Parameter("proxy_interfaces", LIST, "",
+              "Addresses of a proxy or NAT in front of this host that forward mail to it: mail "
+              "for them is local, and an MX host there is this host."),
     Parameter("inet_protocols", LIST, "all",
               "IP versions to use: all, ipv4, ipv6, or ipv4, ipv6.",
               choices={"all": "all", "ipv4": "ipv4", "ipv6": "ipv6"}),

@@ -57,10 +57,12 @@ class MxHost(NamedTuple):
 
 
 class Destination(NamedTuple):
-    """One address to connect to; hostname is what the log shows as relay=hostname[address]."""
+    """One address to connect to; hostname is what the log shows as relay=hostname[address].
+    preference is the MX preference of the host (0 without an MX lookup)."""
     hostname: str
     address: str
     port: int
+    preference: int = 0
 
 
 class _Negative(NamedTuple):
@@ -89,6 +91,17 @@ def address_literal(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def ascii_domain(name: str) -> str:
+    """A UTF-8 domain in its A-label form (IDNA 2008 with UTS #46 mapping, as Postfix converts
+    it); an ASCII name as it is. Raises DnsError for a name IDNA refuses."""
+    if name.isascii():
+        return name
+    try:
+        return dns.name.from_text(name).to_text(omit_final_dot=True)
+    except (dns.exception.DNSException, UnicodeError) as e:
+        raise DnsError(False, "5.1.2", f"Malformed host or domain name {name!r}: {e}") from None
 
 
 def _family_of(address: str) -> str:
@@ -192,6 +205,7 @@ class DnsResolver:
                 domain = domain[5:]
         if address_literal(domain) is not None:
             return [Destination(a, a, port) for a in await self.addresses(domain)]
+        domain = ascii_domain(domain)
         if not mx:
             return [Destination(domain, a, port) for a in await self.addresses(domain)]
         hosts = await self.mx_hosts(domain)
@@ -209,7 +223,8 @@ class DnsResolver:
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                result.extend(Destination(host.hostname, a, port) for a in outcome if a not in seen)
+                result.extend(Destination(host.hostname, a, port, host.preference)
+                              for a in outcome if a not in seen)
                 seen.update(outcome)
             last_of_group = i + 1 == len(hosts) or hosts[i + 1].preference != host.preference
             if last_of_group:

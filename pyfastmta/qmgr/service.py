@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pyfastmta.bounce.notices import NoticeSender
 from pyfastmta.config import ConfigError
+from pyfastmta.config.interfaces import ipv6_supported, own_addresses
+from pyfastmta.config.mastercf import protocol_families
 from pyfastmta.dns import DnsResolver
 from pyfastmta.qmgr.scheduler import Scheduler
 from pyfastmta.resolve.resolver import AddressResolver
@@ -34,7 +36,21 @@ def transport_tables(config) -> list[TransportTable]:
     return tables
 
 
-def address_resolver(config) -> AddressResolver:
+def host_addresses(config) -> list[str]:
+    """This host's addresses for mail (inet_interfaces and proxy_interfaces): a domain literal
+    naming one is local, and an MX host at one is this host."""
+    ipv4, ipv6 = protocol_families(config.get("inet_protocols"), ipv6_supported())
+    found: list[str] = []
+    for name in ("inet_interfaces", "proxy_interfaces"):
+        try:
+            addresses = own_addresses(config.get(name), ipv4, ipv6)
+        except ValueError as error:
+            raise ConfigError(config.main_cf_path, None, f"{name}: {error}") from None
+        found.extend(address for address in addresses if address not in found)
+    return found
+
+
+def address_resolver(config, addresses: list[str] | None = None) -> AddressResolver:
     get = config.get
     return AddressResolver(
         myhostname=get("myhostname"), mydomain=get("mydomain"), myorigin=get("myorigin"),
@@ -44,6 +60,7 @@ def address_resolver(config) -> AddressResolver:
         local_transport=get("local_transport"),
         parent_domain_matches_subdomains=get("parent_domain_matches_subdomains"),
         recipient_delimiter=get("recipient_delimiter"),
+        inet_interfaces_addresses=host_addresses(config) if addresses is None else addresses,
         empty_address_recipient=get("empty_address_recipient"),
         double_bounce_sender=get("double_bounce_sender"), smtputf8_enable=get("smtputf8_enable"))
 
@@ -65,6 +82,8 @@ def _nameservers(config) -> list[tuple[str, int]] | None:
 class DeliveryService:
     def __init__(self, config, partition, log):
         get = config.get
+        self.log = log
+        self.own_addresses = host_addresses(config)
         self.dns = DnsResolver(_nameservers(config), inet_protocols=",".join(get("inet_protocols")),
                                smtp_address_preference=get("smtp_address_preference"))
         self.caches: list[ConnectionCache] = []
@@ -77,8 +96,8 @@ class DeliveryService:
             bounce_notice_recipient=get("2bounce_notice_recipient"),
             bounce_size_limit=get("bounce_size_limit"), log=log, wake=self.wake)
         self.scheduler = Scheduler(
-            partition, resolve=address_resolver(config).resolve, agents=agents, log=log,
-            on_bounce=self.notices.bounced, on_delay_warning=self.notices.delayed,
+            partition, resolve=address_resolver(config, self.own_addresses).resolve, agents=agents,
+            log=log, on_bounce=self.notices.bounced, on_delay_warning=self.notices.delayed,
             qmgr_message_active_limit=get("qmgr_message_active_limit"),
             qmgr_message_recipient_limit=get("qmgr_message_recipient_limit"),
             default_destination_recipient_limit=get("default_destination_recipient_limit"),
@@ -111,7 +130,8 @@ class DeliveryService:
         return SmtpDeliveryAgent(
             dns=self.dns, helo_name=get("lmtp_lhlo_name" if lmtp else "smtp_helo_name"),
             timeouts=timeouts, lmtp=lmtp, tls_security_level=get(f"{prefix}_tls_security_level"),
-            cache=cache, mx_address_limit=get("smtp_mx_address_limit") or 1000)
+            cache=cache, mx_address_limit=get("smtp_mx_address_limit") or 1000,
+            myhostname=get("myhostname"), own_addresses=self.own_addresses, log=self.log)
 
     @staticmethod
     def _transport_limits(config, agents) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 
 from pyfastmta.dns import Destination, DnsError, DnsResolver
 from pyfastmta.qmgr.delivery import DeliveryOutcome, DeliveryRequest
@@ -75,8 +76,15 @@ class ConnectionCache:
 class SmtpDeliveryAgent:
     def __init__(self, *, dns: DnsResolver, helo_name: str, timeouts: ClientTimeouts,
                  lmtp: bool = False, tls_security_level: str = "none",
-                 cache: ConnectionCache | None = None, mx_address_limit: int = 5):
+                 cache: ConnectionCache | None = None, mx_address_limit: int = 5,
+                 myhostname: str = "", own_addresses: Iterable[str] = (),
+                 log: Callable[[str, str], None] | None = None):
+        """myhostname and own_addresses detect mail that would loop back to this host (SMTP to
+        port 25 only, as in Postfix: other ports are content filters and the like)."""
         self.dns = dns
+        self.myhostname = myhostname.lower()
+        self.own_addresses = frozenset(own_addresses)
+        self._log = log
         self.helo_name = helo_name
         self.timeouts = timeouts
         self.lmtp = lmtp
@@ -117,24 +125,67 @@ class SmtpDeliveryAgent:
 
     async def _connect(self, nexthop_text: str) -> SmtpConnection:
         nexthop = parse_nexthop(nexthop_text, default_port=self.default_port)
+        loop_detect = False
         if nexthop.kind == "unix":
             destinations = [Destination(nexthop.path, nexthop.path, 0)]
         else:
-            destinations = await self.dns.destinations(
-                nexthop.host, mx=nexthop.mx, port=nexthop.port or self.default_port)
+            port = nexthop.port or self.default_port
+            destinations = await self.dns.destinations(nexthop.host, mx=nexthop.mx, port=port)
+            loop_detect = not self.lmtp and port == 25
+            if loop_detect and nexthop.mx:
+                destinations = self._without_self(nexthop.host, destinations)
+        best_preference = destinations[0].preference if destinations else 0
         last_error: DeliveryError | None = None
         for destination in destinations[:self.mx_address_limit]:
             try:
-                return await SmtpConnection.open(
+                connection = await SmtpConnection.open(
                     destination.hostname, destination.address, destination.port,
                     helo_name=self.helo_name, lmtp=self.lmtp, timeouts=self.timeouts,
                     tls_security_level=self.tls_security_level)
             except DeliveryError as error:
                 # The next MX host may well answer (Postfix skips a 5xx greeting too).
                 last_error = error
+                continue
+            if loop_detect and self.myhostname:
+                best = destination.preference == best_preference
+                loop = self._greeted_as_myself(connection, nexthop_text, best)
+                if loop is not None:
+                    await connection.close()
+                    if not loop.temporary:
+                        raise loop
+                    last_error = loop
+                    continue
+            return connection
         if last_error is None:
             raise DeliveryError(True, "4.4.4", f"no address for {nexthop_text}", "connect")
         raise last_error
+
+    def _without_self(self, domain: str, destinations: list[Destination]) -> list[Destination]:
+        """Only the MX hosts preferred to this host when it is one of them (Postfix's rule:
+        mail relayed onward from here goes to better MX hosts only)."""
+        mine = next((d for d in destinations if d.address in self.own_addresses), None)
+        if mine is None:
+            return destinations
+        better = [d for d in destinations if d.preference < mine.preference]
+        if not better:
+            raise DeliveryError(False, "5.4.6", f"mail for {domain} loops back to myself", "connect")
+        return better
+
+    def _greeted_as_myself(self, connection: SmtpConnection, nexthop: str,
+                           best: bool) -> DeliveryError | None:
+        """A server that gives this host's own name in its EHLO reply is this host: the mail
+        would loop. Bounced when that server is a best MX host, deferred otherwise."""
+        if connection.greeting_name == self.myhostname:
+            self._warn(f"host {connection.peer} greeted me with my own hostname {self.myhostname}")
+        if connection.hello_name != self.myhostname:
+            return None
+        self._warn(f"host {connection.peer} replied to HELO/EHLO with my own hostname {self.myhostname}")
+        return DeliveryError(not best, "5.4.6" if best else "4.4.6",
+                             f"mail for {nexthop} loops back to myself", "helo")
+
+    def _warn(self, text: str) -> None:
+        if self._log is not None:
+            self._log("smtp", f"warning: {text}")
 
     @staticmethod
     def _all(request: DeliveryRequest, error, setup_time: float, relay: str = "none") -> list[DeliveryOutcome]:

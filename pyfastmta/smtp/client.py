@@ -223,6 +223,11 @@ def xtext(value: str) -> str:
                    "".join(f"+{b:02X}" for b in c.encode("utf-8")) for c in value)
 
 
+def _first_word(reply: Reply) -> str:
+    words = reply.lines[0].split(None, 1) if reply.lines else []
+    return words[0].decode("ascii", "replace").lower() if words else ""
+
+
 def _opportunistic_context() -> ssl.SSLContext:
     # may and encrypt encrypt without authenticating the server (Postfix's meaning).
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -246,6 +251,8 @@ class SmtpConnection:
         self.reuse_count = 0
         self.opened_at = time.monotonic()
         self.tls = False
+        self.greeting_name = ""  # the first word of the 220 greeting
+        self.hello_name = ""  # the first word of the EHLO/HELO/LHLO reply
         self._protocol = protocol
         self._label = f"{host}[{address}]"
         self.peer = self._label if address.startswith("/") else f"{self._label}:{port}"
@@ -295,6 +302,7 @@ class SmtpConnection:
         greeting = await self._reply(self.timeouts.helo, "receiving the initial server greeting")
         if not greeting.positive:
             raise self._refused(greeting, "greeting")
+        self.greeting_name = _first_word(greeting)
         await self._hello()
         if tls_security_level == "none":
             return
@@ -346,9 +354,11 @@ class SmtpConnection:
                                             self.timeouts.helo, "performing the HELO handshake")
                 if not reply.positive:
                     raise self._refused(reply, "helo", "HELO")
+                self.hello_name = _first_word(reply)
                 self.extensions = {}
                 self.size_limit = None
                 return
+        self.hello_name = _first_word(reply)
         extensions = {}
         for line in reply.lines[1:]:
             keyword, _, params = line.decode("ascii", "replace").strip().partition(" ")

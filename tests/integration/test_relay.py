@@ -262,3 +262,16 @@ def test_postqueue_s_flushes_only_the_named_site(relay, peers):
     assert ids["two.test"] in {m["queue_id"] for m in mta.queue_json()}
     mta.cli("postqueue", "-f")
     assert wait_until(lambda: relay_removed(mta, ids["two.test"]))
+
+
+def test_a_literal_of_an_own_address_is_local(relay, peers):
+    """user@[one of inet_interfaces] is this host's mail (no local delivery yet: it waits, with
+    the reason); another literal is relayed like any destination."""
+    start_relay(relay, peers, extra={"inet_interfaces": "127.0.0.1, 127.0.0.5",
+                                     "default_transport": "retry:relayed here"})
+    own = send(relay, "u@[127.0.0.5]")
+    other = send(relay, "v@[192.0.2.9]")
+    assert wait_until(lambda: relay.log_text().count("status=deferred") >= 2)
+    log = relay.log_text()
+    assert re.search(own + r": to=<u@\[127\.0\.0\.5\]>, .*status=deferred \(mail transport unavailable", log)
+    assert re.search(other + r": to=<v@\[192\.0\.2\.9\]>, .*status=deferred \(relayed here\)", log)

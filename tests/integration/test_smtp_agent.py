@@ -25,6 +25,9 @@ DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
 SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
 SINK_ADDRESS = "127.0.0.61"
 DOWN_ADDRESS = "127.0.0.62"  # nothing listens here
+OWN_ADDRESS = "127.0.0.64"  # the agent's "own" address in the mail-loop tests; nothing listens
+PORT25_ADDRESS = "127.0.0.65"  # an smtp-sink on port 25 that calls itself LOOP_NAME
+LOOP_NAME = "mx.loop.test"
 
 
 def free_port(host: str) -> int:
@@ -46,6 +49,12 @@ def world():
         "down.backup.test": {"A": [DOWN_ADDRESS]},
         "up.backup.test": {"A": [SINK_ADDRESS]},
         "nullmx.test": {"MX": ["0 ."]},
+        "loop.test": {"MX": ["10 me.loop.test", "20 backup.loop.test"]},
+        "me.loop.test": {"A": [OWN_ADDRESS]},
+        "backup.loop.test": {"A": [SINK_ADDRESS]},
+        "better.test": {"MX": ["5 first.better.test", "10 me.loop.test"]},
+        "first.better.test": {"A": [PORT25_ADDRESS]},
+        "xn--bcher-kva.test": {"MX": ["10 mx.relay.test"]},
     }
     (directory / "zone.json").write_text(json.dumps(zone))
     dns = subprocess.Popen([sys.executable, str(DNS_SERVER), "--listen", "127.0.0.1:0",
@@ -93,11 +102,12 @@ def request(world, nexthop: str, recipients: list[str], body: str = "hello") -> 
                            nexthop=nexthop, content=stored_message(world["directory"], body))
 
 
-def agent(world, *, lmtp: bool = False, cache: bool = True) -> SmtpDeliveryAgent:
+def agent(world, *, lmtp: bool = False, cache: bool = True, **loop_detection) -> SmtpDeliveryAgent:
     dns = DnsResolver([("127.0.0.1", world["dns_port"])], timeout=3.0)
     timeouts = ClientTimeouts.for_lmtp() if lmtp else ClientTimeouts.for_smtp(smtp_connect_timeout=3.0)
     return SmtpDeliveryAgent(dns=dns, helo_name="client.example.org", timeouts=timeouts, lmtp=lmtp,
-                             cache=ConnectionCache(reuse_time_limit=300, reuse_count_limit=0) if cache else None)
+                             cache=ConnectionCache(reuse_time_limit=300, reuse_count_limit=0) if cache else None,
+                             **loop_detection)
 
 
 def test_mx_delivery_and_connection_reuse(world, run):
@@ -148,3 +158,62 @@ def test_lmtp_over_a_unix_socket(world, run):
         time.sleep(0.05)
     delivered = next(d for d in dumps if b"via lmtp" in d)
     assert b"\n.dot line" in delivered.replace(b"\r\n", b"\n")
+
+
+def test_utf8_domain_is_looked_up_by_its_a_label(world, run):
+    outcomes = run(agent(world, cache=False).deliver(
+        request(world, f"bücher.test:{world['port']}", ["leser@example.net"])))
+    assert [(o.status, o.relay) for o in outcomes] == [("sent", f"mx.relay.test[{SINK_ADDRESS}]:{world['port']}")]
+
+
+def test_best_mx_host_is_this_host_bounces_as_a_mail_loop(world, run):
+    outcomes = run(agent(world, cache=False, myhostname="relay.example",
+                         own_addresses=[OWN_ADDRESS]).deliver(request(world, "loop.test", ["l@loop.test"])))
+    assert [(o.status, o.dsn, o.reason, o.relay) for o in outcomes] == [
+        ("bounced", "5.4.6", "mail for loop.test loops back to myself", "none")]
+
+
+def test_loop_detection_is_for_port_25_only(world, run):
+    # To another port (a content filter, say) this host's own address is a fine next hop.
+    outcomes = run(agent(world, cache=False, myhostname="relay.example", own_addresses=[OWN_ADDRESS]).deliver(
+        request(world, f"loop.test:{free_port(OWN_ADDRESS)}", ["l@loop.test"])))
+    assert [o.status for o in outcomes] == ["deferred"]
+    assert "Connection refused" in outcomes[0].reason
+
+
+@pytest.fixture(scope="module")
+def port25_sink(world):
+    """smtp-sink on port 25 (loop detection only applies there) that says it is LOOP_NAME."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("binding port 25 needs root")
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    sink = subprocess.Popen([SMTP_SINK, *user, "-h", LOOP_NAME, f"{PORT25_ADDRESS}:25", "10"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((PORT25_ADDRESS, 25), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and sink.poll() is None, "smtp-sink did not start on port 25"
+            time.sleep(0.02)
+    yield
+    sink.kill()
+    sink.wait()
+
+
+def test_server_that_answers_ehlo_with_my_name_is_a_mail_loop(world, port25_sink, run):
+    logged = []
+    looping = agent(world, cache=False, myhostname=LOOP_NAME.upper(), own_addresses=[OWN_ADDRESS],
+                    log=lambda program, text: logged.append((program, text)))
+    outcomes = run(looping.deliver(request(world, f"[{PORT25_ADDRESS}]", ["l@example.net"])))
+    assert [(o.status, o.dsn, o.reason) for o in outcomes] == [
+        ("bounced", "5.4.6", f"mail for [{PORT25_ADDRESS}] loops back to myself")]
+    peer = f"{PORT25_ADDRESS}[{PORT25_ADDRESS}]:25"
+    assert ("smtp", f"warning: host {peer} replied to HELO/EHLO with my own hostname {LOOP_NAME}") in logged
+    assert ("smtp", f"warning: host {peer} greeted me with my own hostname {LOOP_NAME}") in logged
+
+
+def test_mx_hosts_better_than_this_host_are_used(world, port25_sink, run):
+    outcomes = run(agent(world, cache=False, myhostname="relay.example", own_addresses=[OWN_ADDRESS]).deliver(
+        request(world, "better.test", ["b@better.test"])))
+    assert [(o.status, o.relay) for o in outcomes] == [("sent", f"first.better.test[{PORT25_ADDRESS}]:25")]

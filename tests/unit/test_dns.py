@@ -31,6 +31,8 @@ ZONE = {
     "mx-a.order.test": {"A": ["127.0.0.21"]},
     "mx-b.order.test": {"A": ["127.0.0.22", "127.0.0.23"]},
     "implicit.test": {"A": ["127.0.0.30"]},
+    "xn--bcher-kva.test": {"A": ["127.0.0.33"]},
+    "xn--fa-hia.test": {"A": ["127.0.0.34"]},
     "alias.test": {"CNAME": ["implicit.test."]},
     "nullmx.test": {"MX": ["0 ."]},
     "broken.test": "SERVFAIL",
@@ -126,9 +128,22 @@ def test_mx_sorted_by_preference_and_shuffled_within_one_preference(server, run,
 
 def test_destinations_follow_mx_preference_then_addresses(run, resolver):
     destinations = run(resolver(inet_protocols="ipv4").destinations("order.test", port=2525))
-    assert destinations[0] == Destination("mx-a.order.test", "127.0.0.21", 2525)
-    assert sorted(destinations[1:]) == [Destination("mx-b.order.test", "127.0.0.22", 2525),
-                                        Destination("mx-b.order.test", "127.0.0.23", 2525)]
+    assert destinations[0] == Destination("mx-a.order.test", "127.0.0.21", 2525, 10)
+    assert sorted(destinations[1:]) == [Destination("mx-b.order.test", "127.0.0.22", 2525, 20),
+                                        Destination("mx-b.order.test", "127.0.0.23", 2525, 20)]
+
+
+def test_utf8_domain_is_asked_for_by_its_a_label(server, run, resolver):
+    # IDNA 2008 with UTS #46 (non-transitional): "ß" stays a letter of its own, and case folds.
+    assert run(resolver(inet_protocols="ipv4").destinations("ORDER.test", port=25))[0].address == "127.0.0.21"
+    assert run(resolver(inet_protocols="ipv4").destinations("BÜCHER.test")) == [
+        Destination("xn--bcher-kva.test", "127.0.0.33", 25)]
+    assert run(resolver(inet_protocols="ipv4").destinations("[faß.test]")) == [
+        Destination("xn--fa-hia.test", "127.0.0.34", 25)]
+    assert server.count("xn--bcher-kva.test", "MX") >= 1
+    with pytest.raises(DnsError) as info:
+        run(resolver().destinations("bad\u2028name.test".encode().decode("unicode_escape")))
+    assert not info.value.temporary and info.value.dsn == "5.1.2"
 
 
 def test_domain_without_mx_is_its_own_mail_exchanger(run, resolver):
@@ -282,7 +297,7 @@ def test_address_preference_holds_within_one_mx_preference_only(run, resolver):
     # preference 10: dual.test's IPv6 first, then the IPv4 of both hosts; preference 20 last
     assert set(addresses[:2]) == {"::41", "::42"}
     assert set(addresses[2:5]) == {"127.0.0.41", "127.0.0.42", "127.0.0.43"}
-    assert destinations[5] == Destination("backup.dualmx.test", "::44", 25)
+    assert destinations[5] == Destination("backup.dualmx.test", "::44", 25, 20)
 
 
 def test_one_family_failing_leaves_the_other(run, resolver):
@@ -291,7 +306,7 @@ def test_one_family_failing_leaves_the_other(run, resolver):
 
 def test_mx_hosts_without_addresses(run, resolver):
     assert run(resolver().destinations("somebad.test")) == [
-        Destination("good.somebad.test", "127.0.0.51", 25)]
+        Destination("good.somebad.test", "127.0.0.51", 25, 20)]
     with pytest.raises(DnsError) as info:
         run(resolver().destinations("allbad.test"))
     assert (info.value.temporary, info.value.dsn) == (False, "5.4.4")
@@ -309,7 +324,7 @@ def test_concurrent_lookups_share_one_query(server, run, resolver):
         return await asyncio.gather(*(dns.destinations("slow.test") for _ in range(50)))
 
     results = run(together())
-    assert all(r == [Destination("mx.slow.test", "127.0.0.50", 25)] for r in results)
+    assert all(r == [Destination("mx.slow.test", "127.0.0.50", 25, 10)] for r in results)
     after = (server.count("slow.test", "MX"), server.count("mx.slow.test", "A"))
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
 
