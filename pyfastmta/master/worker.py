@@ -114,6 +114,11 @@ class Worker:
         except ConfigError as error:
             self.maillog.log("master", f"warning: reload: {error}; keeping the running configuration")
             return
+        try:
+            self.delivery.reload(config)
+        except (ConfigError, ValueError, OSError) as error:
+            self.maillog.log("master", f"warning: reload: {error}; keeping the running configuration")
+            return
         if config.get("maillog_file") != self.config.get("maillog_file"):
             self.maillog.reopen(config.get("maillog_file"))
         self.config = config

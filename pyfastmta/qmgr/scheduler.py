@@ -71,25 +71,46 @@ def next_retry_time(now: float, arrival_time: float, minimal_backoff_time: float
 
 
 class Scheduler:
-    def __init__(self, partition, *, resolve: Callable[[str], Any], agents: dict[str, DeliveryAgent],
-                 log: Callable[[str, str], None], on_bounce: BounceCallback,
-                 on_delay_warning: BounceCallback | None = None,
-                 qmgr_message_active_limit: int = 20000, qmgr_message_recipient_limit: int = 20000,
-                 default_destination_recipient_limit: int = 50, initial_destination_concurrency: int = 5,
-                 default_destination_concurrency_limit: int = 20,
-                 default_destination_concurrency_positive_feedback: str = "1",
-                 default_destination_concurrency_negative_feedback: str = "1",
-                 default_destination_concurrency_failed_cohort_limit: int = 1,
-                 transport_limits: dict[str, Any] | None = None,
-                 minimal_backoff_time: float = 300.0, maximal_backoff_time: float = 4000.0,
-                 queue_run_delay: float = 300.0, maximal_queue_lifetime: float = 432000.0,
-                 bounce_queue_lifetime: float = 432000.0, delay_warning_time: float = 0.0) -> None:
-        """resolve(address) returns an object with .transport and .nexthop. transport_limits holds
+    def __init__(self, partition, **settings: Any) -> None:
+        """settings are those of configure()."""
+        self.partition = partition
+        self._policies: dict[str, TransportPolicy] = {}
+        self._destinations: dict[tuple, Destination] = {}
+        self._active: dict[str, _Message] = {}
+        self._active_recipients = 0
+        self._deferred_due: collections.deque[str] = collections.deque()
+        self._tasks: set[asyncio.Task] = set()
+        self._wakeup = asyncio.Event()
+        self._scan_deferred_now = True  # the first pass picks up what is due after a restart
+        self._flush_all = False
+        self._flush_site: str | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._running = False
+        self.configure(**settings)
+
+    def configure(self, *, resolve: Callable[[str], Any], agents: dict[str, DeliveryAgent],
+                  log: Callable[[str, str], None], on_bounce: BounceCallback,
+                  on_delay_warning: BounceCallback | None = None,
+                  qmgr_message_active_limit: int = 20000, qmgr_message_recipient_limit: int = 20000,
+                  default_destination_recipient_limit: int = 50, initial_destination_concurrency: int = 5,
+                  default_destination_concurrency_limit: int = 20,
+                  default_destination_concurrency_positive_feedback: str = "1",
+                  default_destination_concurrency_negative_feedback: str = "1",
+                  default_destination_concurrency_failed_cohort_limit: int = 1,
+                  transport_limits: dict[str, Any] | None = None,
+                  minimal_backoff_time: float = 300.0, maximal_backoff_time: float = 4000.0,
+                  queue_run_delay: float = 300.0, maximal_queue_lifetime: float = 432000.0,
+                  bounce_queue_lifetime: float = 432000.0, delay_warning_time: float = 0.0) -> None:
+        """Set (or, on reload, replace) the settings; active messages and deliveries in flight
+        stay as they are, and what is scheduled from now on follows the new ones.
+
+        resolve(address) returns an object with .transport and .nexthop. transport_limits holds
         per-transport overrides by their Postfix parameter names, e.g.
         {"smtp_destination_concurrency_limit": 10, "lmtp_destination_recipient_limit": 1}.
         on_bounce(entry, outcomes) must queue the non-delivery notification for the bounced
         recipients before it returns; on_delay_warning(entry, outcomes) likewise for a delay
-        warning (delay_warning_time > 0)."""
+        warning (delay_warning_time > 0). Raises ValueError for a bad value, changing nothing."""
         if qmgr_message_active_limit < 1:
             raise ValueError(f"qmgr_message_active_limit = {qmgr_message_active_limit}: the minimum is 1")
         if qmgr_message_recipient_limit < 1:
@@ -97,7 +118,17 @@ class Scheduler:
         if minimal_backoff_time <= 0 or maximal_backoff_time <= 0 or queue_run_delay <= 0:
             raise ValueError("minimal_backoff_time, maximal_backoff_time and queue_run_delay must be"
                              " greater than zero")
-        self.partition = partition
+        defaults = {
+            "destination_recipient_limit": default_destination_recipient_limit,
+            "initial_destination_concurrency": initial_destination_concurrency,
+            "destination_concurrency_limit": default_destination_concurrency_limit,
+            "destination_concurrency_positive_feedback": default_destination_concurrency_positive_feedback,
+            "destination_concurrency_negative_feedback": default_destination_concurrency_negative_feedback,
+            "destination_concurrency_failed_cohort_limit": default_destination_concurrency_failed_cohort_limit,
+        }
+        limits = dict(transport_limits or {})
+        # A bad per-transport value is reported now, not at the first mail.
+        policies = {transport: self._make_policy(transport, defaults, limits) for transport in agents}
         self._resolve = resolve
         self._agents = agents
         self._log = log
@@ -111,52 +142,37 @@ class Scheduler:
         self.maximal_queue_lifetime = maximal_queue_lifetime
         self.bounce_queue_lifetime = bounce_queue_lifetime
         self.delay_warning_time = delay_warning_time
-        self._defaults = {
-            "destination_recipient_limit": default_destination_recipient_limit,
-            "initial_destination_concurrency": initial_destination_concurrency,
-            "destination_concurrency_limit": default_destination_concurrency_limit,
-            "destination_concurrency_positive_feedback": default_destination_concurrency_positive_feedback,
-            "destination_concurrency_negative_feedback": default_destination_concurrency_negative_feedback,
-            "destination_concurrency_failed_cohort_limit": default_destination_concurrency_failed_cohort_limit,
-        }
-        self._transport_limits = dict(transport_limits or {})
-        self._policies: dict[str, TransportPolicy] = {}
-        for transport in agents:
-            self._policy(transport)  # a bad per-transport value is reported now, not at first mail
-        self._destinations: dict[tuple, Destination] = {}
-        self._active: dict[str, _Message] = {}
-        self._active_recipients = 0
-        self._deferred_due: collections.deque[str] = collections.deque()
-        self._tasks: set[asyncio.Task] = set()
-        self._wakeup = asyncio.Event()
-        self._scan_deferred_now = True  # the first pass picks up what is due after a restart
-        self._flush_all = False
-        self._flush_site: str | None = None
-        self._stopping = False
-        self._stopped = asyncio.Event()
-        self._running = False
+        self._defaults = defaults
+        self._transport_limits = limits
+        self._policies = policies
+        for destination in self._destinations.values():
+            destination.policy = self._policy(destination.transport)
+        self._wakeup.set()
 
     # -- configuration --------------------------------------------------------------------------
 
     def _policy(self, transport: str) -> TransportPolicy:
         policy = self._policies.get(transport)
         if policy is None:
-            limits = self._transport_limits
-
-            def value(name: str) -> Any:
-                # Postfix names the per-transport recipient and concurrency limits
-                # <transport>_destination_..., the initial concurrency <transport>_initial_...
-                return limits.get(f"{transport}_{name}", self._defaults[name])
-
-            policy = self._policies[transport] = TransportPolicy(
-                transport,
-                recipient_limit=int(value("destination_recipient_limit")),
-                initial_concurrency=int(value("initial_destination_concurrency")),
-                concurrency_limit=int(value("destination_concurrency_limit")),
-                positive_feedback=str(value("destination_concurrency_positive_feedback")),
-                negative_feedback=str(value("destination_concurrency_negative_feedback")),
-                failed_cohort_limit=int(value("destination_concurrency_failed_cohort_limit")))
+            policy = self._policies[transport] = self._make_policy(
+                transport, self._defaults, self._transport_limits)
         return policy
+
+    @staticmethod
+    def _make_policy(transport: str, defaults: dict[str, Any], limits: dict[str, Any]) -> TransportPolicy:
+        def value(name: str) -> Any:
+            # Postfix names the per-transport recipient and concurrency limits
+            # <transport>_destination_..., the initial concurrency <transport>_initial_...
+            return limits.get(f"{transport}_{name}", defaults[name])
+
+        return TransportPolicy(
+            transport,
+            recipient_limit=int(value("destination_recipient_limit")),
+            initial_concurrency=int(value("initial_destination_concurrency")),
+            concurrency_limit=int(value("destination_concurrency_limit")),
+            positive_feedback=str(value("destination_concurrency_positive_feedback")),
+            negative_feedback=str(value("destination_concurrency_negative_feedback")),
+            failed_cohort_limit=int(value("destination_concurrency_failed_cohort_limit")))
 
     # -- control --------------------------------------------------------------------------------
 

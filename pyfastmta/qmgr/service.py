@@ -3,6 +3,8 @@ smtp/relay/lmtp agents with their DNS resolver and connection caches, and the no
 
 from __future__ import annotations
 
+import asyncio
+
 from pyfastmta.bounce.notices import NoticeSender
 from pyfastmta.config import ConfigError
 from pyfastmta.config.interfaces import ipv6_supported, own_addresses
@@ -81,23 +83,31 @@ def _nameservers(config) -> list[tuple[str, int]] | None:
 
 class DeliveryService:
     def __init__(self, config, partition, log):
-        get = config.get
+        self.partition = partition
         self.log = log
+        self.caches: list[ConnectionCache] = []
+        settings = self._build(config)
+        self.scheduler = Scheduler(partition, **settings)
+
+    def _build(self, config) -> dict:
+        """The resolver, agents, caches and notice sender of a configuration; the scheduler's
+        settings. Raises ConfigError or ValueError for a bad configuration, changing nothing."""
+        get = config.get
         self.own_addresses = host_addresses(config)
         self.dns = DnsResolver(_nameservers(config), inet_protocols=",".join(get("inet_protocols")),
                                smtp_address_preference=get("smtp_address_preference"))
-        self.caches: list[ConnectionCache] = []
+        self.caches = []
         smtp = self._agent(config, lmtp=False)
         lmtp = self._agent(config, lmtp=True)
         agents = {"smtp": smtp, "relay": smtp, "lmtp": lmtp}
         self.notices = NoticeSender(
-            partition, myhostname=get("myhostname"), myorigin=get("myorigin"),
+            self.partition, myhostname=get("myhostname"), myorigin=get("myorigin"),
             mail_name=get("mail_name"), double_bounce_sender=get("double_bounce_sender"),
             bounce_notice_recipient=get("2bounce_notice_recipient"),
-            bounce_size_limit=get("bounce_size_limit"), log=log, wake=self.wake)
-        self.scheduler = Scheduler(
-            partition, resolve=address_resolver(config, self.own_addresses).resolve, agents=agents,
-            log=log, on_bounce=self.notices.bounced, on_delay_warning=self.notices.delayed,
+            bounce_size_limit=get("bounce_size_limit"), log=self.log, wake=self.wake)
+        return dict(
+            resolve=address_resolver(config, self.own_addresses).resolve, agents=agents,
+            log=self.log, on_bounce=self.notices.bounced, on_delay_warning=self.notices.delayed,
             qmgr_message_active_limit=get("qmgr_message_active_limit"),
             qmgr_message_recipient_limit=get("qmgr_message_recipient_limit"),
             default_destination_recipient_limit=get("default_destination_recipient_limit"),
@@ -115,6 +125,18 @@ class DeliveryService:
             maximal_queue_lifetime=get("maximal_queue_lifetime"),
             bounce_queue_lifetime=get("bounce_queue_lifetime"),
             delay_warning_time=get("delay_warning_time"))
+
+    def reload(self, config) -> None:
+        """Deliver by a new configuration from now on (postfix reload): deliveries under way
+        finish with the agents they have; idle cached connections of the old ones are closed."""
+        old = (self.own_addresses, self.dns, self.caches, self.notices)
+        try:
+            self.scheduler.configure(**self._build(config))
+        except BaseException:
+            self.own_addresses, self.dns, self.caches, self.notices = old
+            raise
+        for cache in old[2]:
+            asyncio.get_running_loop().create_task(cache.close_all())
 
     def _agent(self, config, *, lmtp: bool) -> SmtpDeliveryAgent:
         get = config.get

@@ -275,3 +275,36 @@ def test_a_literal_of_an_own_address_is_local(relay, peers):
     log = relay.log_text()
     assert re.search(own + r": to=<u@\[127\.0\.0\.5\]>, .*status=deferred \(mail transport unavailable", log)
     assert re.search(other + r": to=<v@\[192\.0\.2\.9\]>, .*status=deferred \(relayed here\)", log)
+
+
+def test_reload_changes_where_and_how_mail_is_delivered(relay, peers):
+    """postfix reload semantics for delivery: a new transport map and a new smtp_helo_name take
+    effect for the next message; a bad table leaves the running configuration in place."""
+    mta = relay
+    start_relay(mta, peers, table=f"moving.test smtp:[{ACCEPTING}]:{peers.port}\n")
+    first = send(mta, "a@moving.test", body="before reload")
+    assert wait_until(lambda: relay_removed(mta, first))
+    assert re.search(first + rf": to=<a@moving\.test>, relay={ACCEPTING}\[{ACCEPTING}\]:\d+, .*status=sent",
+                     mta.log_text())
+
+    (mta.dir / "transport").write_text(f"moving.test smtp:[{REFUSING}]:{peers.port}\n")
+    settings = (mta.dir / "main.cf").read_text()
+    (mta.dir / "main.cf").write_text(settings + "smtp_helo_name = reloaded.example\n")
+    mta.cli("reload")
+    second = send(mta, "b@moving.test", body="after reload")
+    assert wait_until(lambda: relay_removed(mta, second))
+    assert re.search(second + rf": to=<b@moving\.test>, relay={REFUSING}\[{REFUSING}\]:\d+, .*status=bounced",
+                     mta.log_text())
+
+    (mta.dir / "transport").write_text(f"moving.test smtp:[{ACCEPTING}]:{peers.port}\n")
+    mta.cli("reload")
+    third = send(mta, "c@moving.test", body="helo after reload")
+    assert wait_until(lambda: relay_removed(mta, third))
+    dumped = next(d for d in peers.delivered() if b"helo after reload" in d)
+    assert b"reloaded.example" in dumped
+
+    (mta.dir / "main.cf").write_text(settings + "transport_maps = hash:/nonexistent/table\n")
+    mta.cli("reload", check=False)
+    fourth = send(mta, "d@moving.test", body="bad reload kept the old tables")
+    assert wait_until(lambda: relay_removed(mta, fourth))
+    assert re.search(fourth + rf": to=<d@moving\.test>, relay={ACCEPTING}\[", mta.log_text())
