@@ -40,12 +40,17 @@ class ConnectionCache:
             asyncio.get_running_loop().create_task(connection.close())
         return None
 
-    def _reusable(self, connection: SmtpConnection) -> bool:
+    def _reusable(self, connection: SmtpConnection, more_uses: int = 0) -> bool:
         if not connection.usable:
             return False
-        if self.reuse_count_limit and connection.reuse_count >= self.reuse_count_limit:
+        if self.reuse_count_limit and connection.reuse_count + more_uses >= self.reuse_count_limit:
             return False
         return time.monotonic() - connection.opened_at < self.reuse_time_limit
+
+    def will_keep(self, connection: SmtpConnection) -> bool:
+        """Whether the connection will be kept after one more delivery (so it may pipeline its
+        RSET behind that delivery)."""
+        return self._reusable(connection, 1)
 
     async def give(self, nexthop: str, connection: SmtpConnection) -> None:
         """Keep a connection that just finished a delivery, or close it."""
@@ -104,7 +109,8 @@ class SmtpDeliveryAgent:
         setup_time = time.monotonic() - started
         content = ContentSource(*request.content)
         try:
-            results = await connection.deliver(request.envelope, content, request.recipients)
+            keep = self.cache is not None and self.cache.will_keep(connection)
+            results = await connection.deliver(request.envelope, content, request.recipients, keep)
             site_failure = False
         except DeliveryError as error:
             results = error.results or []

@@ -204,6 +204,8 @@ class _ClientProtocol(asyncio.Protocol):
         raise _ConnectionBroken(self.broken)
 
     async def drain(self, timeout: float | None) -> None:
+        if not self._paused and self.broken is None:
+            return
         try:
             async with asyncio.timeout(timeout):
                 while self._paused and self.broken is None:
@@ -254,6 +256,9 @@ class SmtpConnection:
         self.greeting_name = ""  # the first word of the 220 greeting
         self.hello_name = ""  # the first word of the EHLO/HELO/LHLO reply
         self._protocol = protocol
+        sock = protocol.transport.get_extra_info("socket")
+        self._socket_fd = sock.fileno() if sock is not None else -1
+        self._reset_done = False
         self._label = f"{host}[{address}]"
         self.peer = self._label if address.startswith("/") else f"{self._label}:{port}"
         self._usable = True
@@ -376,17 +381,20 @@ class SmtpConnection:
 
     # ---------------------------------------------------------------- transactions
 
-    async def deliver(self, envelope, content: ContentSource,
-                      recipients: list[int]) -> list[RecipientResult]:
+    async def deliver(self, envelope, content: ContentSource, recipients: list[int],
+                      reset_after: bool = False) -> list[RecipientResult]:
         """Run one mail transaction for envelope.recipients[i] for each i in `recipients`.
         Returns one result per recipient, in the order given. Raises DeliveryError (with
-        `results` filled in) when the connection fails during the transaction."""
+        `results` filled in) when the connection fails during the transaction.
+
+        reset_after: the connection is to be reused, so RSET goes out behind the end of data
+        where PIPELINING allows (saving the round trip of a separate reset())."""
         if not self._usable:
             raise DeliveryError(True, "4.4.2", f"connection with {self._label} is no longer usable",
                                 "mail")
         results: dict[int, RecipientResult] = {}
         try:
-            return await self._transaction(envelope, content, recipients, results)
+            return await self._transaction(envelope, content, recipients, results, reset_after)
         except _ConnectionBroken as exc:
             self._abort()
             error = DeliveryError(True, "4.4.2", self._broken_reason(exc), self._stage)
@@ -397,8 +405,9 @@ class SmtpConnection:
                          for i in recipients]
         raise error
 
-    async def _transaction(self, envelope, content, recipients, results):
+    async def _transaction(self, envelope, content, recipients, results, reset_after=False):
         self._stage = "mail"
+        self._reset_done = False
         every = list(recipients)
         if self.size_limit is not None and content.length > self.size_limit:
             reason = (f"message size {content.length} exceeds size limit {self.size_limit} "
@@ -452,7 +461,8 @@ class SmtpConnection:
             self._record(results, accepted, data_reply, "DATA")
             return [results[i] for i in every]
         self._stage = "content"
-        await self._send_content(content)
+        reset_after = reset_after and pipelining
+        await self._send_content(content, b"RSET\r\n" if reset_after else b"")
         self._stage = "data-done"
         what = "sending end of data -- message may be sent more than once"
         if self.lmtp:
@@ -462,7 +472,23 @@ class SmtpConnection:
         else:
             self._record(results, accepted, await self._reply(self.timeouts.data_done, what),
                          "end of DATA")
+        if reset_after:
+            await self._finish_reset()
         return [results[i] for i in every]
+
+    async def _finish_reset(self) -> None:
+        """The reply to the RSET sent behind the end of data; the delivery's outcome stands
+        whatever it is, only the connection is given up when it is not 250."""
+        self._stage = "rset"
+        try:
+            reply = await self._reply(self.timeouts.rset, "sending RSET")
+        except _ConnectionBroken:
+            self._abort()
+            return
+        if reply.positive:
+            self._reset_done = True
+        else:
+            self._usable = False
 
     def _mail_command(self, envelope, content, utf8) -> bytes:
         parts = [f"MAIL FROM:<{envelope.sender}>"]
@@ -501,46 +527,46 @@ class SmtpConnection:
         for index in indexes:
             results[index] = RecipientResult(index, status, reply.dsn, text)
 
-    async def _send_content(self, content: ContentSource) -> None:
-        loop = asyncio.get_running_loop()
+    async def _send_content(self, content: ContentSource, behind: bytes = b"") -> None:
+        """The stored bytes, then the end of data and `behind` (pipelined commands)."""
+        fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)  # no buffered file: fewer syscalls
+        try:
+            tail = await self._transfer(fd, content)
+        finally:
+            os.close(fd)
+        # Content that does not end in CRLF (never true for what cleanup stored) still ends DATA.
+        end = b".\r\n" if tail == b"\r\n" or content.length == 0 else b"\r\n.\r\n"
+        self._write(end + behind)
+
+    async def _transfer(self, fd: int, content: ContentSource) -> bytes:
+        """Copies the content to the socket; returns its last two bytes."""
         protocol = self._protocol
         timeout = self.timeouts.data_xfer
-        with open(content.path, "rb") as file:
-            fd = file.fileno()
-            offset, remaining = content.offset, content.length
-            tail = os.pread(fd, 2, offset + remaining - 2) if remaining >= 2 else b""
-            while remaining > 0:
-                count = min(remaining, _CHUNK)
-                if self.tls:
-                    sent = await self._write_chunk(fd, offset, count, timeout)
-                else:
-                    await protocol.drain(timeout)
-                    try:
-                        async with asyncio.timeout(timeout):
-                            sent = await loop.sendfile(protocol.transport, file, offset, count)
-                    except NotImplementedError:  # uvloop has no loop.sendfile
-                        sent = self._sendfile_direct(fd, offset, count)
-                        if sent == 0:
-                            sent = await self._write_chunk(fd, offset, count, timeout)
-                    except TimeoutError:
-                        raise _ConnectionBroken("timed out") from None
-                    except (ConnectionError, RuntimeError):
-                        raise _ConnectionBroken("lost connection") from None
-                if sent == 0:
-                    raise _ConnectionBroken("lost connection")
-                offset += sent
-                remaining -= sent
-        # Content that does not end in CRLF (never true for what cleanup stored) still ends DATA.
-        self._write(b".\r\n" if tail == b"\r\n" or content.length == 0 else b"\r\n.\r\n")
+        offset, remaining = content.offset, content.length
+        tail = os.pread(fd, 2, offset + remaining - 2) if remaining >= 2 else b""
+        while remaining > 0:
+            count = min(remaining, _CHUNK)
+            sent = 0
+            if not self.tls:
+                # sendfile(2) straight into the socket once the transport holds nothing.
+                await protocol.drain(timeout)
+                sent = self._sendfile_direct(fd, offset, count)
+            if sent == 0:  # TLS, or the socket is full: one chunk through the transport
+                sent = await self._write_chunk(fd, offset, count, timeout)
+            offset += sent
+            remaining -= sent
+        return tail
 
     def _sendfile_direct(self, fd, offset, count) -> int:
-        """sendfile(2) into the socket while the transport holds nothing; 0 when the socket is
-        full (the caller then hands one chunk to the transport and waits for it to drain)."""
-        sock = self._protocol.transport.get_extra_info("socket")
-        if sock is None:
+        """sendfile(2) into the socket; 0 when the socket is full (the caller then hands one
+        chunk to the transport and waits for it to drain)."""
+        if self._socket_fd < 0:
             return 0
+        if self._protocol.broken is not None or self._protocol.transport.is_closing():
+            # The descriptor may be closed already, or even be another socket's by now.
+            raise _ConnectionBroken(self._protocol.broken or "lost connection")
         try:
-            return os.sendfile(sock.fileno(), fd, offset, count)
+            return os.sendfile(self._socket_fd, fd, offset, count)
         except BlockingIOError:
             return 0
         except OSError:
@@ -561,6 +587,9 @@ class SmtpConnection:
         be reused."""
         if not self._usable:
             return False
+        if self._reset_done:  # sent behind the last end of data, and answered 250
+            self._reset_done = False
+            return True
         self._stage = "rset"
         try:
             reply = await self._command(b"RSET\r\n", self.timeouts.rset, "sending RSET")

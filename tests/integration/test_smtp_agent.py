@@ -217,3 +217,35 @@ def test_mx_hosts_better_than_this_host_are_used(world, port25_sink, run):
     outcomes = run(agent(world, cache=False, myhostname="relay.example", own_addresses=[OWN_ADDRESS]).deliver(
         request(world, "better.test", ["b@better.test"])))
     assert [(o.status, o.relay) for o in outcomes] == [("sent", f"first.better.test[{PORT25_ADDRESS}]:25")]
+
+
+def test_refused_rset_after_a_delivery_gives_up_the_connection_not_the_mail(world, run):
+    """RSET goes out behind the end of data when the connection is to be reused; a server that
+    refuses it keeps the message it accepted, and the next delivery opens a new connection."""
+    address = "127.0.0.66"
+    port = free_port(address)
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    sink = subprocess.Popen([SMTP_SINK, *user, "-f", "RSET", f"{address}:{port}", "10"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((address, port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "smtp-sink did not start"
+                time.sleep(0.02)
+
+        async def scenario():
+            smtp = agent(world)
+            first = await smtp.deliver(request(world, f"[{address}]:{port}", ["a@example.net"]))
+            second = await smtp.deliver(request(world, f"[{address}]:{port}", ["b@example.net"]))
+            await smtp.cache.close_all()
+            return first, second
+
+        first, second = run(scenario())
+        assert [(o.status, o.conn_use) for o in first] == [("sent", 1)]
+        assert [(o.status, o.conn_use) for o in second] == [("sent", 1)]
+    finally:
+        sink.kill()
+        sink.wait()
