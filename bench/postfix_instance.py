@@ -107,15 +107,19 @@ class PostfixInstance:
     host = "127.0.0.1"
 
     def __init__(self, port: int | None = None, parent_directory: str | os.PathLike | None = None,
-                 hold_queue: bool = False, relayhost: str | None = None):
+                 hold_queue: bool = False, relayhost: str | None = None,
+                 main_cf: dict[str, str] | None = None):
         """hold_queue: smtpd marks every message HOLD, so cleanup files it in the hold queue and the
         queue manager never sees it (without it, defer_transports defers each message).
-        relayhost: deliver every message there (e.g. "[127.0.0.2]:2525") instead of holding it."""
+        relayhost: deliver every message there (e.g. "[127.0.0.2]:2525") instead of holding it.
+        main_cf: more main.cf settings (say, smtpd's TLS ones), written after and over the
+        instance's own."""
         if hold_queue and relayhost:
             raise ValueError("a Postfix instance either holds its mail or relays it, not both")
         self.port = port or free_loopback_port()
         self.hold_queue = hold_queue
         self.relayhost = relayhost
+        self.extra_main_cf = dict(main_cf or {})
         self.root = Path(tempfile.mkdtemp(prefix="postfix-bench-", dir=parent_directory))
         self.config_directory = self.root / "etc"
         self.queue_directory = self.root / "spool"
@@ -227,6 +231,7 @@ class PostfixInstance:
             main_cf["smtpd_recipient_restrictions"] = (
                 "check_recipient_access static:HOLD, permit_mynetworks, reject_unauth_destination"
             )
+        main_cf.update(self.extra_main_cf)
         (self.config_directory / "main.cf").write_text(
             "".join(f"{name} = {value}\n" for name, value in main_cf.items())
         )

@@ -153,7 +153,8 @@ class DeliveryService:
             dns=self.dns, helo_name=get("lmtp_lhlo_name" if lmtp else "smtp_helo_name"),
             timeouts=timeouts, lmtp=lmtp, tls_security_level=get(f"{prefix}_tls_security_level"),
             cache=cache, mx_address_limit=get("smtp_mx_address_limit") or 1000,
-            myhostname=get("myhostname"), own_addresses=self.own_addresses, log=self.log)
+            myhostname=get("myhostname"), own_addresses=self.own_addresses, log=self.log,
+            plaintext_fallback_age=get("minimal_backoff_time"))
 
     @staticmethod
     def _transport_limits(config, agents) -> dict:

@@ -83,9 +83,15 @@ class SmtpDeliveryAgent:
                  lmtp: bool = False, tls_security_level: str = "none",
                  cache: ConnectionCache | None = None, mx_address_limit: int = 5,
                  myhostname: str = "", own_addresses: Iterable[str] = (),
-                 log: Callable[[str, str], None] | None = None):
+                 log: Callable[[str, str], None] | None = None,
+                 plaintext_fallback_age: float = 300.0):
         """myhostname and own_addresses detect mail that would loop back to this host (SMTP to
-        port 25 only, as in Postfix: other ports are content filters and the like)."""
+        port 25 only, as in Postfix: other ports are content filters and the like).
+
+        At TLS level "may", a message that has waited plaintext_fallback_age seconds (Postfix:
+        minimal_backoff_time) is sent without TLS when a server's TLS handshake fails, on a
+        new connection to the same server; younger messages are deferred, as in Postfix."""
+        self.plaintext_fallback_age = plaintext_fallback_age
         self.dns = dns
         self.myhostname = myhostname.lower()
         self.own_addresses = frozenset(own_addresses)
@@ -100,10 +106,11 @@ class SmtpDeliveryAgent:
 
     async def deliver(self, request: DeliveryRequest) -> list[DeliveryOutcome]:
         started = time.monotonic()
+        started_wall = time.time()
         connection = self.cache.take(request.nexthop) if self.cache is not None else None
         if connection is None:
             try:
-                connection = await self._connect(request.nexthop)
+                connection = await self._connect(request.nexthop, started_wall - request.envelope.arrival_time)
             except (DnsError, DeliveryError, ValueError) as error:
                 return self._all(request, error, time.monotonic() - started)
         setup_time = time.monotonic() - started
@@ -129,7 +136,7 @@ class SmtpDeliveryAgent:
             await connection.close()
         return outcomes
 
-    async def _connect(self, nexthop_text: str) -> SmtpConnection:
+    async def _connect(self, nexthop_text: str, message_age: float = 0.0) -> SmtpConnection:
         nexthop = parse_nexthop(nexthop_text, default_port=self.default_port)
         loop_detect = False
         if nexthop.kind == "unix":
@@ -144,10 +151,7 @@ class SmtpDeliveryAgent:
         last_error: DeliveryError | None = None
         for destination in destinations[:self.mx_address_limit]:
             try:
-                connection = await SmtpConnection.open(
-                    destination.hostname, destination.address, destination.port,
-                    helo_name=self.helo_name, lmtp=self.lmtp, timeouts=self.timeouts,
-                    tls_security_level=self.tls_security_level)
+                connection = await self._open(destination, message_age)
             except DeliveryError as error:
                 # The next MX host may well answer (Postfix skips a 5xx greeting too).
                 last_error = error
@@ -165,6 +169,21 @@ class SmtpDeliveryAgent:
         if last_error is None:
             raise DeliveryError(True, "4.4.4", f"no address for {nexthop_text}", "connect")
         raise last_error
+
+    async def _open(self, destination: Destination, message_age: float) -> SmtpConnection:
+        def attempt(level: str):
+            return SmtpConnection.open(destination.hostname, destination.address, destination.port,
+                                       helo_name=self.helo_name, lmtp=self.lmtp, timeouts=self.timeouts,
+                                       tls_security_level=level)
+
+        try:
+            return await attempt(self.tls_security_level)
+        except DeliveryError as error:
+            # At "may" only a failed handshake raises at this stage.
+            if (error.stage != "starttls" or self.tls_security_level != "may"
+                    or message_age < self.plaintext_fallback_age):
+                raise
+        return await attempt("none")
 
     def _without_self(self, domain: str, destinations: list[Destination]) -> list[Destination]:
         """Only the MX hosts preferred to this host when it is one of them (Postfix's rule:

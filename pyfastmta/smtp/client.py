@@ -19,6 +19,8 @@ from pyfastmta.smtp.replies import Reply
 
 # Bytes handed to the kernel per sendfile call; the transfer timeout applies to each.
 _CHUNK = 1 << 20
+# Bytes the TLS transport may buffer before the sender waits for it to drain.
+_TLS_WRITE_BUFFER = 256 * 1024
 # Longest reply line kept (RFC 5321 allows 512; real servers send more).
 _REPLY_LINE_LIMIT = 4096
 _REPLY_LINES_LIMIT = 1000
@@ -143,10 +145,17 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport = transport
         self.limit_write_buffer()
 
-    def limit_write_buffer(self):
-        # Paused while anything is buffered, so a drain waits for an empty buffer: direct
-        # sendfile on the socket must not overtake bytes the transport still holds.
-        self.transport.set_write_buffer_limits(high=0, low=0)
+    def limit_write_buffer(self, high: int = 0):
+        """high 0 (plain TCP): paused while anything is buffered, so a drain waits for an empty
+        buffer and direct sendfile on the socket never overtakes bytes the transport holds.
+        Over TLS content goes through the transport: ordinary flow control (a zero limit there
+        makes the TLS layer flip pause and resume on an empty buffer, and can leave the writer
+        paused with nothing left to send)."""
+        self._paused = False
+        if high:
+            self.transport.set_write_buffer_limits(high=high)
+        else:
+            self.transport.set_write_buffer_limits(high=0, low=0)
 
     def data_received(self, data):
         if self.discarding:
@@ -339,9 +348,10 @@ class SmtpConnection:
         except (TimeoutError, OSError, ssl.SSLError) as exc:
             detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             raise DeliveryError(True, "4.7.5", f"Cannot start TLS: handshake failure with "
-                                f"{self._label}: {detail}", "starttls") from None
+                                f"{self._label}" + (f": {detail}" if detail else ""),
+                                "starttls") from None
         protocol.transport = transport
-        protocol.limit_write_buffer()
+        protocol.limit_write_buffer(_TLS_WRITE_BUFFER)
         protocol.discarding = False
         self.tls = True
 
@@ -461,6 +471,7 @@ class SmtpConnection:
             self._record(results, accepted, data_reply, "DATA")
             return [results[i] for i in every]
         self._stage = "content"
+        self._doing = "sending message body"
         reset_after = reset_after and pipelining
         await self._send_content(content, b"RSET\r\n" if reset_after else b"")
         self._stage = "data-done"
