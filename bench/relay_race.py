@@ -2,9 +2,9 @@
 
 Each run starts a fresh smtp-sink on its own loopback address and a fresh server (durable: 250
 only once the message is on disk) that relays everything to that sink. smtp-source sends the
-load; the run is timed from smtp-source's start until the sink has received the last message
-and the server's queue is empty. The sink must count exactly the messages sent and the server's
-log must show exactly one `status=sent` per recipient, or the benchmark fails.
+load; the run is timed from smtp-source's start until the sink has received the last message,
+and then the server's queue must empty. The sink must count exactly the messages sent and the
+server's log must show exactly one `status=sent` per recipient, or the benchmark fails.
 
     python bench/relay_race.py                       # the matrix: sessions × sizes × recipients
     python bench/relay_race.py --headline            # -s 20 -l 2000 -m 20000, one recipient
@@ -235,6 +235,10 @@ def run_once(kind: str, cell: dict, options) -> Run:
             raise BenchmarkFailure(
                 f"{label}: {messages} messages accepted, but the sink received only "
                 f"{sink.messages} within {options.run_timeout:.0f} s")
+        # The time is taken when the last message reached the sink, as the issue asks; the
+        # emptying of the queue that follows is checked, untimed, so a slow listing command
+        # costs no server its score.
+        seconds = time.perf_counter() - started
         # A message leaves the queue just after the sink's 250; two empty readings in a row,
         # because a queue listing taken while a file moves between queues could miss it.
         while not (server.queue_is_empty() and server.queue_is_empty()):
@@ -242,7 +246,6 @@ def run_once(kind: str, cell: dict, options) -> Run:
                 raise BenchmarkFailure(f"{label}: the sink has every message, but the server's "
                                        f"queue is still not empty after {options.run_timeout:.0f} s")
             time.sleep(0.02)
-        seconds = time.perf_counter() - started
         rss = server.peak_rss_kib() if kind == "pyfastmta" else None
         # Time for a duplicate delivery, were there one, to reach the sink and the log.
         time.sleep(options.settle)
@@ -359,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']}; "
           f"queues on {machine['queue_filesystem']} {machine['queue_device']} "
           f"({machine['queue_parent_directory']}); Postfix {machine['postfix_version']}")
-    print("smtp-source → server → smtp-sink, each run timed until the sink has every message and "
-          "the queue is empty", flush=True)
+    print("smtp-source → server → smtp-sink, each run timed until the sink has every message "
+          "(the queue must then empty)", flush=True)
 
     runs = []
     try:

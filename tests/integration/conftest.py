@@ -15,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from peers.loopback import free_port
+
 # The installed console script, as a user runs it (never the source tree's package).
 PYFASTMTA = [os.path.join(os.path.dirname(sys.executable), "pyfastmta")]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class Mta:

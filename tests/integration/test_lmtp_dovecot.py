@@ -22,27 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from peers.loopback import free_port, wait_until
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtp import ContentSource, SmtpConnection
 
 DOVECOT = shutil.which("dovecot", path="/usr/sbin:/usr/bin") or "/usr/sbin/dovecot"
 DOMAIN = "mailbox.test"
 USERS = ("alice", "bob", "full")  # "full" has a quota smaller than any message
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 class Dovecot:

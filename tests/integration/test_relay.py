@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from peers.loopback import SMTP_SINK, free_port, start_smtp_sink, wait_until
+
 DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
-SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-source"
 ACCEPTING = "127.0.0.71"
 REFUSING = "127.0.0.72"
 DOWN = "127.0.0.74"  # nothing listens here
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class Peers:
@@ -54,21 +48,17 @@ class Peers:
         self.dump = self.directory / "dump"
         self.dump.mkdir()
         self.dump.chmod(0o777)
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        self._start([SMTP_SINK, *user, "-d", f"{self.dump}/%H%M%S.", f"{ACCEPTING}:{self.port}", "100"])
-        self._start([SMTP_SINK, *user, "-f", "RCPT", f"{REFUSING}:{self.port}", "100"])
-        for host in (ACCEPTING, REFUSING):
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection((host, self.port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"smtp-sink on {host} did not start"
-                    time.sleep(0.02)
+        self.sink(ACCEPTING, self.port, "-d", f"{self.dump}/%H%M%S.")
+        self.sink(REFUSING, self.port, "-f", "RCPT")
 
     def _start(self, argv, **options) -> subprocess.Popen:
         process = subprocess.Popen(argv, **options)
+        self.processes.append(process)
+        return process
+
+    def sink(self, host: str, port: int, *options: str) -> subprocess.Popen:
+        """An smtp-sink that lives as long as these peers (or until the test kills it)."""
+        process = start_smtp_sink(host, port, *options, backlog=100)
         self.processes.append(process)
         return process
 
@@ -125,15 +115,6 @@ def send(mta, to: str, sender: str = "s@example.test", body: str = "relayed") ->
     return sent.stdout.split("queued as ")[1].split()[0]
 
 
-def wait_until(predicate, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_relayed_mail_reaches_the_sink_once_and_leaves_the_queue(relay, peers):
     start_relay(relay, peers)
     before = len(peers.delivered())
@@ -172,26 +153,13 @@ def test_refused_recipient_bounces_back_to_the_sender(relay, peers):
     assert "Action: failed" in text
 
 
-def start_sink(peers, host: str, port: int, *options: str) -> subprocess.Popen:
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = peers._start([SMTP_SINK, *user, *options, f"{host}:{port}", "100"])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return process
-        except OSError:
-            assert time.monotonic() < deadline, "smtp-sink did not start"
-            time.sleep(0.02)
-
-
 def test_deferred_mail_is_delivered_when_the_destination_recovers(relay, peers):
     """A downstream that answers 4xx, then one that accepts: postqueue -f delivers the mail."""
     mta = relay
     host = "127.0.0.73"
     port = free_port(host)
     start_relay(mta, peers, table=f"later.test smtp:[{host}]:{port}\n")
-    deferring = start_sink(peers, host, port, "-r", "RCPT")
+    deferring = peers.sink(host, port, "-r", "RCPT")
     queue_id = send(mta, "u@later.test", body="try again")
     assert wait_until(lambda: "status=deferred" in mta.log_text())
     assert re.search(queue_id + r": to=<u@later\.test>, relay=.*status=deferred \(host .* said: 4", mta.log_text())
@@ -199,7 +167,7 @@ def test_deferred_mail_is_delivered_when_the_destination_recovers(relay, peers):
     assert queue_id in listing and "(host " in listing  # the deferral reason is listed
     deferring.kill()
     deferring.wait()
-    start_sink(peers, host, port)
+    peers.sink(host, port)
     mta.cli("postqueue", "-f")
     assert wait_until(lambda: relay_removed(mta, queue_id))
     assert re.search(queue_id + r": to=<u@later\.test>, .*status=sent \(250", mta.log_text())
@@ -249,12 +217,12 @@ def test_postqueue_s_flushes_only_the_named_site(relay, peers):
     host = "127.0.0.75"
     port = free_port(host)
     start_relay(mta, peers, table=f"one.test smtp:[{host}]:{port}\ntwo.test smtp:[{host}]:{port}\n")
-    deferring = start_sink(peers, host, port, "-r", "RCPT")
+    deferring = peers.sink(host, port, "-r", "RCPT")
     ids = {domain: send(mta, f"u@{domain}") for domain in ("one.test", "two.test")}
     assert wait_until(lambda: mta.log_text().count("status=deferred") >= 2)
     deferring.kill()
     deferring.wait()
-    start_sink(peers, host, port)
+    peers.sink(host, port)
     mta.cli("postqueue", "-s", "one.test")
     assert wait_until(lambda: relay_removed(mta, ids["one.test"]))
     time.sleep(0.5)

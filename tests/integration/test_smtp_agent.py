@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from peers.loopback import SMTP_SINK, free_port, start_smtp_sink, wait_until
 from pyfastmta.dns import DnsResolver
 from pyfastmta.qmgr.delivery import DeliveryRequest
 from pyfastmta.queue.envelope import Envelope, Recipient
@@ -22,18 +22,11 @@ from pyfastmta.smtp.agent import ConnectionCache, SmtpDeliveryAgent
 from pyfastmta.smtp.client import ClientTimeouts
 
 DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
-SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
 SINK_ADDRESS = "127.0.0.61"
 DOWN_ADDRESS = "127.0.0.62"  # nothing listens here
 OWN_ADDRESS = "127.0.0.64"  # the agent's "own" address in the mail-loop tests; nothing listens
 PORT25_ADDRESS = "127.0.0.65"  # an smtp-sink on port 25 that calls itself LOOP_NAME
 LOOP_NAME = "mx.loop.test"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +56,11 @@ def world():
     dump = directory / "dump"
     dump.mkdir()
     dump.chmod(0o777)
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen([SMTP_SINK, *user, "-d", f"{dump}/%H%M%S.", f"{SINK_ADDRESS}:{port}", "50"])
+    sink = start_smtp_sink(SINK_ADDRESS, port, "-d", f"{dump}/%H%M%S.")
     lmtp_socket = directory / "lmtp.sock"
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
     lmtp = subprocess.Popen([SMTP_SINK, *user, "-L", "-d", f"{dump}/%H%M%S.", f"unix:{lmtp_socket}", "50"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((SINK_ADDRESS, port), timeout=1).close()
-            if lmtp_socket.exists():
-                break
-        except OSError:
-            pass
-        time.sleep(0.02)
+    assert wait_until(lmtp_socket.exists, 10), "smtp-sink did not start in LMTP mode"
     yield {"port": port, "dns_port": dns_port, "dump": dump, "lmtp_socket": str(lmtp_socket),
            "directory": directory}
     for process in (dns, sink, lmtp):
@@ -186,16 +171,7 @@ def port25_sink(world):
     """smtp-sink on port 25 (loop detection only applies there) that says it is LOOP_NAME."""
     if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip("binding port 25 needs root")
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen([SMTP_SINK, *user, "-h", LOOP_NAME, f"{PORT25_ADDRESS}:25", "10"])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection((PORT25_ADDRESS, 25), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and sink.poll() is None, "smtp-sink did not start on port 25"
-            time.sleep(0.02)
+    sink = start_smtp_sink(PORT25_ADDRESS, 25, "-h", LOOP_NAME)
     yield
     sink.kill()
     sink.wait()
@@ -224,18 +200,8 @@ def test_refused_rset_after_a_delivery_gives_up_the_connection_not_the_mail(worl
     refuses it keeps the message it accepted, and the next delivery opens a new connection."""
     address = "127.0.0.66"
     port = free_port(address)
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen([SMTP_SINK, *user, "-f", "RSET", f"{address}:{port}", "10"])
+    sink = start_smtp_sink(address, port, "-f", "RSET")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((address, port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "smtp-sink did not start"
-                time.sleep(0.02)
-
         async def scenario():
             smtp = agent(world)
             first = await smtp.deliver(request(world, f"[{address}]:{port}", ["a@example.net"]))

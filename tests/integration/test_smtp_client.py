@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from peers.loopback import free_port
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtp import ClientTimeouts, ContentSource, DeliveryError, SmtpConnection
 
@@ -33,12 +34,6 @@ def run(event_loop_name: str, coro):
 
 def loopback_host() -> str:
     return f"127.0.0.{random.randint(2, 250)}"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class Sink:

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from peers.loopback import free_port, start_smtp_sink, wait_until
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtp import ClientTimeouts, ContentSource, DeliveryError, SmtpConnection
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
 POSTCAT = shutil.which("postcat", path="/usr/sbin:/usr/bin") or "/usr/sbin/postcat"
 
 # CI runs as root with Postfix installed: there these tests must run, never skip.
@@ -54,21 +54,6 @@ def run(event_loop_name: str, coro):
     factory = uvloop.new_event_loop if event_loop_name == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -276,10 +261,8 @@ def test_may_without_starttls_delivers_in_plaintext(tmp_path, event_loop_name):
     dump.chmod(0o777)  # smtp-sink drops to nobody when started as root
     host = f"127.0.0.{random.randint(2, 250)}"
     port = free_port(host)
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen([SMTP_SINK, *user, "-d", f"{dump}/%H%M%S.", f"{host}:{port}", "10"])
+    sink = start_smtp_sink(host, port, "-d", f"{dump}/%H%M%S.")
     try:
-        assert wait_until(lambda: _accepts(host, port), 10), "smtp-sink did not start"
         wire = content_in_segment(tmp_path, wire_message("may in plaintext"))
         connection, results = run(event_loop_name, deliver_one("sink.example", host, port, "may", wire))
         assert not connection.tls and "STARTTLS" not in connection.extensions
@@ -292,14 +275,6 @@ def test_may_without_starttls_delivers_in_plaintext(tmp_path, event_loop_name):
         sink.kill()
         sink.wait()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_relay_with_encrypt_in_main_cf_reaches_postfix_encrypted(tls_postfix, make_mta, tmp_path):
@@ -429,11 +404,9 @@ def test_failed_handshake_defers_without_plaintext_retry(broken_peer, event_loop
     assert peer.sessions == [["EHLO client.example", "STARTTLS"]]
 
 
-def test_relay_at_level_may_defers_when_the_handshake_fails(broken_peer, make_mta, tmp_path):
-    """Through the whole MTA, as Postfix does on a message's first attempt: the delivery is
-    deferred with the handshake failure as the reason, after one connection that never got past
-    STARTTLS."""
-    peer = broken_peer("garbage")
+def relay_one_to(peer: BrokenTlsPeer, make_mta, tmp_path, **settings: str):
+    """A pyfastmta at smtp_tls_security_level = may that relays broken.test to the peer, and one
+    message to user@broken.test sent through it."""
     transport = tmp_path / "transport"
     transport.write_text(f"broken.test smtp:[{peer.host}]:{peer.port}\n")
     mta = make_mta({
@@ -441,10 +414,20 @@ def test_relay_at_level_may_defers_when_the_handshake_fails(broken_peer, make_mt
         "relay_transport": "relay",
         "transport_maps": f"texthash:{transport}",
         "smtp_tls_security_level": "may",
+        **settings,
     })
     with smtplib.SMTP(mta.host, mta.port, timeout=30) as client:
         client.sendmail("sender@example.test", ["user@broken.test"],
                         "From: sender@example.test\r\nSubject: broken tls\r\n\r\nhi\r\n")
+    return mta
+
+
+def test_relay_at_level_may_defers_when_the_handshake_fails(broken_peer, make_mta, tmp_path):
+    """Through the whole MTA, as Postfix does on a message's first attempt: the delivery is
+    deferred with the handshake failure as the reason, after one connection that never got past
+    STARTTLS."""
+    peer = broken_peer("garbage")
+    mta = relay_one_to(peer, make_mta, tmp_path)
     deferred = re.compile(r"([0-9A-F]+): to=<user@broken\.test>, relay=.*, dsn=4\.7\.5, status=deferred "
                           r"\(Cannot start TLS: handshake failure with " + re.escape(f"{peer.host}[{peer.host}]"))
     assert wait_until(lambda: deferred.search(mta.log_text()), 20), mta.log_text()[-3000:]
@@ -457,18 +440,7 @@ def test_relay_at_level_may_falls_back_to_plaintext_once_the_message_waited(brok
     """Postfix's rule: after a failed handshake at level may, a message that has waited
     minimal_backoff_time goes to the same server in plaintext, on a new connection."""
     peer = broken_peer("garbage")
-    transport = tmp_path / "transport"
-    transport.write_text(f"broken.test smtp:[{peer.host}]:{peer.port}\n")
-    mta = make_mta({
-        "default_transport": "smtp",
-        "relay_transport": "relay",
-        "transport_maps": f"texthash:{transport}",
-        "smtp_tls_security_level": "may",
-        "minimal_backoff_time": "1s",
-    })
-    with smtplib.SMTP(mta.host, mta.port, timeout=30) as client:
-        client.sendmail("sender@example.test", ["user@broken.test"],
-                        "From: sender@example.test\r\nSubject: broken tls\r\n\r\nhi\r\n")
+    mta = relay_one_to(peer, make_mta, tmp_path, minimal_backoff_time="1s")
     assert wait_until(lambda: "status=deferred (Cannot start TLS" in mta.log_text(), 20), mta.log_text()[-3000:]
     assert peer.messages == 0
     time.sleep(1.2)
