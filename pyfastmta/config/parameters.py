@@ -233,7 +233,7 @@ _TABLE = [
     Parameter("local_transport", STRING, "local:$myhostname",
               "Transport for mail to $mydestination."),
     Parameter("transport_maps", LIST, "",
-              "Lookup tables (texthash:/path) that map recipients or domains to transport:nexthop."),
+              "Lookup tables (type:name, any table type) that map recipients or domains to transport:nexthop."),
     Parameter("parent_domain_matches_subdomains", LIST,
               "debug_peer_list,fast_flush_domains,mynetworks,permit_mx_backup_networks,"
               "qmqpd_authorized_clients,relay_domains,smtpd_access_maps",

@@ -12,7 +12,8 @@ from pyfastmta.config.mastercf import protocol_families
 from pyfastmta.dns import DnsResolver
 from pyfastmta.qmgr.scheduler import Scheduler
 from pyfastmta.resolve.resolver import AddressResolver
-from pyfastmta.resolve.transport import TransportTable
+from pyfastmta.maps import Maps, TableError, open_table, split_table_list
+from pyfastmta.maps.registry import TableOptions
 from pyfastmta.smtp.agent import ConnectionCache, SmtpDeliveryAgent
 from pyfastmta.smtp.client import ClientTimeouts
 
@@ -26,16 +27,17 @@ _INTEGER_SETTINGS = {"destination_recipient_limit", "destination_concurrency_lim
                      "initial_destination_concurrency", "destination_concurrency_failed_cohort_limit"}
 
 
-def transport_tables(config) -> list[TransportTable]:
-    """transport_maps: texthash: tables for now; any other type is refused by name."""
-    tables = []
-    for entry in config.get("transport_maps"):
-        kind, _, path = entry.partition(":")
-        if kind != "texthash" or not path:
-            raise ConfigError(config.main_cf_path, None,
-                              f"transport_maps: {entry!r}: only texthash:/path tables are supported")
-        tables.append(TransportTable.from_file(path, smtputf8_enable=config.get("smtputf8_enable")))
-    return tables
+def lookup_maps(config, parameter: str, log=None) -> Maps:
+    """A table-valued parameter's tables, opened (any type); a table that cannot be opened is a
+    ConfigError naming the parameter."""
+    options = TableOptions(smtputf8_enable=config.get("smtputf8_enable"),
+                           config_directory=config.config_dir or "")
+    warn = (lambda text: log("qmgr", f"warning: {text}")) if log is not None else None
+    try:
+        return Maps(parameter, split_table_list(config.expanded(parameter)),
+                    lambda spec: open_table(spec, options), warn)
+    except TableError as error:
+        raise ConfigError(config.main_cf_path, None, f"{parameter}: {error}") from None
 
 
 def host_addresses(config) -> list[str]:
@@ -52,12 +54,12 @@ def host_addresses(config) -> list[str]:
     return found
 
 
-def address_resolver(config, addresses: list[str] | None = None) -> AddressResolver:
+def address_resolver(config, addresses: list[str] | None = None, log=None) -> AddressResolver:
     get = config.get
     return AddressResolver(
         myhostname=get("myhostname"), mydomain=get("mydomain"), myorigin=get("myorigin"),
         mydestination=get("mydestination"), relay_domains=get("relay_domains"),
-        relayhost=get("relayhost"), transport_maps=transport_tables(config),
+        relayhost=get("relayhost"), transport_maps=lookup_maps(config, "transport_maps", log),
         default_transport=get("default_transport"), relay_transport=get("relay_transport"),
         local_transport=get("local_transport"),
         parent_domain_matches_subdomains=get("parent_domain_matches_subdomains"),
@@ -106,7 +108,7 @@ class DeliveryService:
             bounce_notice_recipient=get("2bounce_notice_recipient"),
             bounce_size_limit=get("bounce_size_limit"), log=self.log, wake=self.wake)
         return dict(
-            resolve=address_resolver(config, self.own_addresses).resolve, agents=agents,
+            resolve=address_resolver(config, self.own_addresses, self.log).resolve, agents=agents,
             log=self.log, on_bounce=self.notices.bounced, on_delay_warning=self.notices.delayed,
             qmgr_message_active_limit=get("qmgr_message_active_limit"),
             qmgr_message_recipient_limit=get("qmgr_message_recipient_limit"),

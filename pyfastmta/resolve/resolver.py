@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyfastmta.config.valuetypes import split_list
+from pyfastmta.maps import Maps
 from pyfastmta.resolve.transport import (
     DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
-    TransportTable,
     transport_lookup,
 )
 
@@ -90,7 +90,7 @@ class AddressResolver:
     """Resolves recipients with one configuration; parameters are main.cf's, already expanded."""
 
     def __init__(self, *, myhostname: str, mydomain: str, myorigin: str, mydestination: Sequence[str],
-                 relay_domains: Sequence[str], relayhost: str, transport_maps: Sequence[TransportTable],
+                 relay_domains: Sequence[str], relayhost: str, transport_maps: Maps | None = None,
                  default_transport: str = "smtp", relay_transport: str = "relay",
                  local_transport: str | None = None,
                  parent_domain_matches_subdomains: Sequence[str] = DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
@@ -103,7 +103,7 @@ class AddressResolver:
         self.mydomain = mydomain
         self.myorigin = myorigin
         self.relayhost = relayhost.strip()
-        self.transport_maps = list(transport_maps)
+        self.transport_maps = transport_maps
         self.default_transport = default_transport
         self.relay_transport = relay_transport
         self.local_transport = f"local:{myhostname}" if local_transport is None else local_transport

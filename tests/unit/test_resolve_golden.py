@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from pyfastmta.config.valuetypes import split_list
-from pyfastmta.resolve import AddressResolver, TransportTable
+from pyfastmta.maps import Maps, open_table
+from pyfastmta.resolve import AddressResolver
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "resolve"
 CASES = sorted(path.stem for path in GOLDEN.glob("*.in"))
@@ -48,8 +49,8 @@ def load_case(name: str) -> tuple[AddressResolver, list[str]]:
         else:
             key, _, value = (part.strip() for part in line.partition("="))
             if key == "transport_maps":
-                settings[key] = [TransportTable.from_file(str(GOLDEN / item.removeprefix("texthash:")))
-                                 for item in split_list(value)]
+                settings[key] = Maps(key, [f"texthash:{GOLDEN / item.removeprefix('texthash:')}"
+                                           for item in split_list(value)], open_table)
             else:
                 settings[key] = split_list(value) if key in LIST_SETTINGS else value
     return AddressResolver(**settings), recipients

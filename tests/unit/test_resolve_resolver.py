@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyfastmta.resolve import AddressResolver, DomainList, TransportTable
+from pyfastmta.maps import Maps, open_table
+from pyfastmta.resolve import AddressResolver, DomainList
 
 
 def resolver(**overrides) -> AddressResolver:
     settings = {"myhostname": "mx.example.net", "mydomain": "example.net", "myorigin": "example.net",
                 "mydestination": ["mx.example.net", "localhost"], "relay_domains": [], "relayhost": "",
-                "transport_maps": []}
+                "transport_maps": None}
     settings.update(overrides)
     return AddressResolver(**settings)
 
@@ -51,9 +52,10 @@ def test_relay_domains_subdomains_follow_parent_style():
     assert parent.resolve("a@host.sub.example").address_class == "default"
 
 
-def test_transport_maps_apply_to_every_class():
-    table = TransportTable({"localhost": "lmtp:unix:/run/lmtp", "example.org": "error:5.7.1 no mail here"})
-    chosen = resolver(transport_maps=[table])
+def test_transport_maps_apply_to_every_class(tmp_path):
+    path = tmp_path / "transport"
+    path.write_text("localhost lmtp:unix:/run/lmtp\nexample.org error:5.7.1 no mail here\n")
+    chosen = resolver(transport_maps=Maps("transport_maps", [f"texthash:{path}"], open_table))
     assert chosen.resolve("a@localhost").transport == "lmtp"
     assert chosen.resolve("a@localhost").nexthop == "unix:/run/lmtp"
     assert (chosen.resolve("a@example.org").transport, chosen.resolve("a@example.org").nexthop) == (

@@ -1,5 +1,5 @@
-"""TransportTable against Postfix's own `postmap -q - texthash:FILE` on generated tables and keys,
-and transport(5)'s search order on tables written by hand."""
+"""texthash: tables against Postfix's own `postmap -q - texthash:FILE` on generated tables and keys,
+transport(5)'s search order over a list of tables, and a Maps list picking up an edited file."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyfastmta.config.errors import ConfigError
-from pyfastmta.resolve import TransportTable, transport_lookup
+from pyfastmta.maps import Maps, TableError, open_table
+from pyfastmta.maps.registry import TableOptions
+from pyfastmta.resolve import transport_lookup
 
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
 needs_postmap = pytest.mark.skipif(
@@ -74,7 +75,7 @@ def test_table_matches_postmap(smtputf8_enable, case):
         for written in config.iterdir():
             os.utime(written, (time.time() - 10, time.time() - 10))
         expected = postmap_answers(path, queries, config)
-        table = TransportTable.from_file(str(path), smtputf8_enable=smtputf8_enable)
+        table = open_table(f"texthash:{path}", TableOptions(smtputf8_enable=smtputf8_enable))
         found = {query: table.get(query) for query in queries if table.get(query) is not None}
         assert found == expected
 
@@ -88,54 +89,66 @@ def test_table_matches_postmap(smtputf8_enable, case):
 def test_malformed_lines_name_path_and_line(tmp_path, text, line, reason):
     path = tmp_path / "transport"
     path.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        TransportTable.from_file(str(path))
+    with pytest.raises(TableError) as caught:
+        open_table(f"texthash:{path}")
     assert str(caught.value).startswith(f"{path}:{line}: ") and reason in str(caught.value)
 
 
-def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="file not found"):
-        TransportTable.from_file(str(tmp_path / "nowhere"))
+def test_missing_file_is_a_table_error(tmp_path):
+    with pytest.raises(TableError, match="file not found"):
+        open_table(f"texthash:{tmp_path / 'nowhere'}")
 
 
 def test_duplicate_keeps_first_and_warns(tmp_path):
     path = tmp_path / "transport"
     path.write_text("a.example smtp:one\nA.EXAMPLE smtp:two\n")
-    table = TransportTable.from_file(str(path))
+    table = open_table(f"texthash:{path}")
     assert table.get("a.example") == "smtp:one"
-    assert table.warnings == [f'{path}:2: duplicate entry "a.example" ignored; the first one is used']
+    assert table.warnings == [f'{path}:2: duplicate entry: "a.example"']
 
 
-def table(**entries: str) -> TransportTable:
-    return TransportTable({key.replace("_", "."): value for key, value in entries.items()})
+def maps(*tables: dict[str, str]) -> Maps:
+    """A Maps list of texthash: tables written from the given entries."""
+    directory = Path(tempfile.mkdtemp(prefix="pyfastmta-maps-"))
+    specs = []
+    for number, entries in enumerate(tables):
+        path = directory / f"table{number}"
+        path.write_text("".join(f"{key} {value}\n" for key, value in entries.items()))
+        specs.append(f"texthash:{path}")
+    return Maps("transport_maps", specs, open_table)
+
+
+def lookup(entries: dict[str, str], address: str, **options) -> tuple[str, str] | None:
+    return transport_lookup(maps(entries), address, **options)
 
 
 def test_search_order_full_address_then_stripped_then_domain():
     entries = {"u+x@d.example": "smtp:full", "u@d.example": "smtp:stripped", "d.example": "smtp:domain",
                ".example": "smtp:parent", "*": "smtp:wild"}
-    t = TransportTable(entries)
-    assert t.lookup("u+x@d.example", recipient_delimiter="+") == ("smtp", "full")
-    assert t.lookup("U+Y@D.Example", recipient_delimiter="+") == ("smtp", "stripped")
-    assert t.lookup("U+Y@D.Example") == ("smtp", "domain")
-    assert t.lookup("v@d.example") == ("smtp", "domain")
-    assert t.lookup("v@e.d.example") == ("smtp", "parent")
-    assert t.lookup("v@other") == ("smtp", "wild")
+    t = maps(entries)
+    assert transport_lookup(t, "u+x@d.example", recipient_delimiter="+") == ("smtp", "full")
+    assert transport_lookup(t, "U+Y@D.Example", recipient_delimiter="+") == ("smtp", "stripped")
+    assert transport_lookup(t, "U+Y@D.Example") == ("smtp", "domain")
+    assert transport_lookup(t, "v@d.example") == ("smtp", "domain")
+    assert transport_lookup(t, "v@e.d.example") == ("smtp", "parent")
+    assert transport_lookup(t, "v@other") == ("smtp", "wild")
 
 
 def test_parent_style_looks_up_parent_names_without_dot():
-    t = TransportTable({"example.com": "smtp:parent", ".example.com": "smtp:dotted"})
-    assert t.lookup("u@a.b.example.com") == ("smtp", "dotted")
-    assert t.lookup("u@a.b.example.com", parent_domain_matches_subdomains=["transport_maps"]) == ("smtp", "parent")
-    assert t.lookup("u@example.com") == ("smtp", "parent")
-    assert t.lookup("u@example.org") is None
+    t = maps({"example.com": "smtp:parent", ".example.com": "smtp:dotted"})
+    assert transport_lookup(t, "u@a.b.example.com") == ("smtp", "dotted")
+    assert transport_lookup(t, "u@a.b.example.com",
+                            parent_domain_matches_subdomains=["transport_maps"]) == ("smtp", "parent")
+    assert transport_lookup(t, "u@example.com") == ("smtp", "parent")
+    assert transport_lookup(t, "u@example.org") is None
 
 
 def test_each_key_tries_every_table_before_the_next_key():
-    first = TransportTable({"example.com": "smtp:first-domain"})
-    second = TransportTable({"u@example.com": "smtp:second-address", "*": "smtp:second-wild"})
-    assert transport_lookup([first, second], "u@example.com") == ("smtp", "second-address")
-    assert transport_lookup([first, second], "v@example.com") == ("smtp", "first-domain")
-    assert transport_lookup([], "v@example.com") is None
+    both = maps({"example.com": "smtp:first-domain"},
+                {"u@example.com": "smtp:second-address", "*": "smtp:second-wild"})
+    assert transport_lookup(both, "u@example.com") == ("smtp", "second-address")
+    assert transport_lookup(both, "v@example.com") == ("smtp", "first-domain")
+    assert transport_lookup(maps(), "v@example.com") is None
 
 
 @pytest.mark.parametrize("local, delimiter, stripped", [
@@ -144,14 +157,36 @@ def test_each_key_tries_every_table_before_the_next_key():
     ("a+b+c", "+", "a"), ("a-b+c", "+-", "a"),
 ])
 def test_extension_stripping_rules(local, delimiter, stripped):
-    t = TransportTable({"d": "smtp:domain", **({f"{stripped}@d": "x:stripped"} if stripped else {})})
+    entries = {"d": "smtp:domain", **({f"{stripped}@d": "x:stripped"} if stripped else {})}
     expected = ("x", "stripped") if stripped else ("smtp", "domain")
-    assert t.lookup(f"{local}@d", recipient_delimiter=delimiter) == expected
+    assert lookup(entries, f"{local}@d", recipient_delimiter=delimiter) == expected
 
 
 def test_result_parts():
-    t = TransportTable({"a": ":", "b": "smtp", "c": ":[gw]:25", "d": "error:no: not here"})
-    assert t.lookup("u@a") == ("", "")
-    assert t.lookup("u@b") == ("smtp", "")
-    assert t.lookup("u@c") == ("", "[gw]:25")
-    assert t.lookup("u@d") == ("error", "no: not here")
+    t = maps({"a": ":", "b": "smtp", "c": ":[gw]:25", "d": "error:no: not here"})
+    assert transport_lookup(t, "u@a") == ("", "")
+    assert transport_lookup(t, "u@b") == ("smtp", "")
+    assert transport_lookup(t, "u@c") == ("", "[gw]:25")
+    assert transport_lookup(t, "u@d") == ("error", "no: not here")
+
+
+def test_an_edited_table_is_read_again(tmp_path, monkeypatch):
+    path = tmp_path / "transport"
+    path.write_text("example.com smtp:old\n")
+    listed = Maps("transport_maps", [f"texthash:{path}"], open_table)
+    assert listed.get("example.com") == "smtp:old"
+    path.write_text("example.com smtp:new-and-longer\n")
+    assert listed.get("example.com") == "smtp:old"  # looked at again after a second, not per lookup
+    monkeypatch.setattr(time, "monotonic", lambda: 10.0 ** 9)
+    assert listed.get("example.com") == "smtp:new-and-longer"
+
+
+def test_a_broken_edit_keeps_the_last_good_table(tmp_path, monkeypatch):
+    path = tmp_path / "transport"
+    path.write_text("example.com smtp:good\n")
+    warnings = []
+    listed = Maps("transport_maps", [f"texthash:{path}"], open_table, warnings.append)
+    path.write_text('"broken key\n')
+    monkeypatch.setattr(time, "monotonic", lambda: 10.0 ** 9)
+    assert listed.get("example.com") == "smtp:good"
+    assert len(warnings) == 1 and "unbalanced" in warnings[0] and warnings[0].startswith("transport_maps: ")

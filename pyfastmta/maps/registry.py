@@ -1,0 +1,81 @@
+"""`type:name` → an open table. Each type lives in its own module, imported when first used (so a
+worker that has no redis: table never imports the Redis client)."""
+
+from __future__ import annotations
+
+import importlib
+
+from pyfastmta.maps.table import Table, TableError
+
+# type → "module:factory"; factory(name, options) -> Table
+_TYPES = {
+    "hash": "pyfastmta.maps.hashfile:open_hash",
+    "texthash": "pyfastmta.maps.texthash:open_texthash",
+    "inline": "pyfastmta.maps.inline:open_inline",
+    "static": "pyfastmta.maps.inline:open_static",
+    "regexp": "pyfastmta.maps.regexp:open_regexp",
+    "pcre": "pyfastmta.maps.regexp:open_pcre",
+    "cidr": "pyfastmta.maps.cidr:open_cidr",
+    "unionmap": "pyfastmta.maps.composite:open_unionmap",
+    "pipemap": "pyfastmta.maps.composite:open_pipemap",
+    "socketmap": "pyfastmta.maps.socketmap:open_socketmap",
+    "redis": "pyfastmta.maps.redis:open_redis",
+}
+
+
+def table_types() -> list[str]:
+    return sorted(_TYPES)
+
+
+class TableOptions:
+    """What tables need from the configuration. smtputf8_enable: full Unicode case folding of
+    keys (ASCII only when off), as Postfix's tables fold."""
+
+    __slots__ = ("smtputf8_enable", "config_directory")
+
+    def __init__(self, *, smtputf8_enable: bool = True, config_directory: str = "") -> None:
+        self.smtputf8_enable = smtputf8_enable
+        self.config_directory = config_directory
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """("type", "name") of "type:name"; a TableError for anything else."""
+    kind, colon, name = spec.strip().partition(":")
+    if not colon or not kind or not name:
+        raise TableError(f'{spec}: a table is named "type:name", for example hash:/etc/postfix/access')
+    return kind.lower(), name
+
+
+def open_table(spec: str, options: TableOptions | None = None) -> Table:
+    kind, name = parse_spec(spec)
+    target = _TYPES.get(kind)
+    if target is None:
+        raise TableError(f"{spec}: unsupported dictionary type: {kind} "
+                         f"(supported: {', '.join(table_types())})")
+    module_name, _, factory = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, factory)(name, options or TableOptions())
+
+
+def split_table_list(text: str) -> list[str]:
+    """A parameter's tables, separated by commas or whitespace; a `{...}` group (inline:,
+    unionmap:, pipemap:) is one piece however many commas and spaces it holds."""
+    pieces: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if char == "{":
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+        if depth == 0 and (char == "," or char.isspace()):
+            if current:
+                pieces.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+    if depth:
+        raise TableError(f"{text}: missing '}}'")
+    if current:
+        pieces.append("".join(current))
+    return pieces
