@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pyfastmta.config.valuetypes import split_list
 from pyfastmta.maps import Maps
+from pyfastmta.maps.matchlist import DomainList
 from pyfastmta.resolve.transport import (
     DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
     transport_lookup,
@@ -35,55 +36,6 @@ class Resolution:
     transport: str  # the master.cf service qmgr dispatches to
     nexthop: str  # where that transport delivers, in its own syntax (for "error": the reason)
     recipient: str  # the address as it is passed on (qualified, trailing dots removed)
-
-
-class DomainList:
-    """A list of domain patterns with "!name" exclusions (the first matching pattern decides) and
-    "/file/name" includes. How a pattern matches depends on the list, as in Postfix:
-      "exact"   the name only (mydestination and virtual_mailbox_domains are plain string lists);
-      "dotted"  the name, and ".name" matches its subdomains;
-      "parent"  the name and its subdomains (the list is in parent_domain_matches_subdomains);
-                a ".name" pattern then matches nothing.
-    """
-
-    __slots__ = ("_patterns", "matching", "name")
-
-    def __init__(self, name: str, patterns: Iterable[str], matching: str) -> None:
-        self.name = name
-        self.matching = matching
-        self._patterns: list[tuple[bool, str]] = []
-        for pattern in patterns:
-            self._add(pattern)
-
-    def _add(self, pattern: str) -> None:
-        if pattern.startswith("/"):
-            try:
-                with open(pattern, encoding="utf-8") as handle:
-                    lines = handle.readlines()
-            except OSError as error:
-                raise ValueError(f'{self.name}: cannot read "{pattern}": {error.strerror}') from None
-            for line in lines:
-                if not line.lstrip().startswith("#"):
-                    for item in split_list(line):
-                        self._add(item)
-            return
-        negated = pattern.startswith("!")
-        body = pattern[1:] if negated else pattern
-        if ":" in body and not body.startswith("["):
-            raise ValueError(
-                f'{self.name}: lookup table "{body}" is not supported here yet; list the domains '
-                "by name or in a /file/name"
-            )
-        self._patterns.append((negated, body.lower().rstrip(".")))
-
-    def matches(self, domain: str) -> bool:
-        domain = domain.lower()
-        for negated, pattern in self._patterns:
-            if domain == pattern or (
-                    self.matching == "dotted" and pattern.startswith(".") and domain.endswith(pattern)) or (
-                    self.matching == "parent" and domain.endswith("." + pattern)):
-                return not negated
-        return False
 
 
 class AddressResolver:

@@ -35,6 +35,11 @@ LIST_SETTINGS = {"mydestination", "relay_domains", "virtual_mailbox_domains", "i
                  "parent_domain_matches_subdomains"}
 
 
+def with_table_paths(value: str) -> str:
+    """texthash: tables of a case are named relative to the golden directory."""
+    return re.sub(r"(!?texthash:)([^\s,]+)", lambda m: f"{m.group(1)}{GOLDEN / m.group(2)}", value)
+
+
 def load_case(name: str) -> tuple[AddressResolver, list[str]]:
     settings: dict[str, object] = {"relay_domains": [], "relayhost": "", "transport_maps": []}
     recipients: list[str] = []
@@ -48,9 +53,9 @@ def load_case(name: str) -> tuple[AddressResolver, list[str]]:
             in_recipients = True
         else:
             key, _, value = (part.strip() for part in line.partition("="))
+            value = with_table_paths(value)
             if key == "transport_maps":
-                settings[key] = Maps(key, [f"texthash:{GOLDEN / item.removeprefix('texthash:')}"
-                                           for item in split_list(value)], open_table)
+                settings[key] = Maps(key, split_list(value), open_table)
             else:
                 settings[key] = split_list(value) if key in LIST_SETTINGS else value
     return AddressResolver(**settings), recipients
@@ -100,8 +105,7 @@ def postfix_settings(case: str, config: Path) -> tuple[dict[str, str], list[str]
             in_recipients = True
         else:
             name, _, value = (part.strip() for part in line.partition("="))
-            if name == "transport_maps":
-                value = " ".join(f"texthash:{GOLDEN / item.removeprefix('texthash:')}" for item in value.split())
+            value = with_table_paths(value)
             # The addresses of this host in a golden case are proxy addresses to Postfix.
             settings["proxy_interfaces" if name == "inet_interfaces_addresses" else name] = value
     return settings, recipients

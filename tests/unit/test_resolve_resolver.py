@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyfastmta.maps import Maps, open_table
+from pyfastmta.maps import Maps, TableError, open_table
 from pyfastmta.resolve import AddressResolver, DomainList
 
 
@@ -27,10 +27,26 @@ def test_domain_list_reads_file_patterns(tmp_path):
 
 
 def test_domain_list_errors_name_the_parameter(tmp_path):
-    with pytest.raises(ValueError, match='mydestination: lookup table "hash:/etc/x" is not supported'):
-        resolver(mydestination=["hash:/etc/x"])
-    with pytest.raises(ValueError, match="relay_domains: cannot read"):
+    with pytest.raises(TableError, match=f"{tmp_path}/missing.table: file not found"):
+        resolver(mydestination=[f"texthash:{tmp_path}/missing.table"])
+    with pytest.raises(TableError, match="relay_domains: cannot read"):
         resolver(relay_domains=[str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("matching, found, missed", [
+    ("exact", ["example.com", "dotted.org"], ["a.example.com", "b.a.example.com", "a.dotted.org"]),
+    ("dotted", ["example.com", "a.dotted.org", "b.a.dotted.org"], ["a.example.com", "other.net"]),
+    ("parent", ["example.com", "a.example.com", "b.a.example.com", "a.dotted.org"], ["other.net"]),
+])
+def test_domain_list_tables_follow_the_list_matching(tmp_path, matching, found, missed):
+    """A table in a domain list is asked for the domain, then (dotted) for ".parent" or (parent)
+    for "parent" of each parent domain; "!" before a name still decides first."""
+    table = tmp_path / "domains"
+    table.write_text("example.com OK\n.dotted.org OK\ndotted.org OK\nnever.example.com OK\n")
+    domains = DomainList("relay_domains", ["!never.example.com", f"texthash:{table}"], matching)
+    assert [name for name in found if not domains.matches(name)] == []
+    assert [name for name in missed if domains.matches(name)] == []
+    assert not domains.matches("never.example.com")
 
 
 def test_default_local_transport_is_local_myhostname():
