@@ -111,6 +111,11 @@ class Maps:
         check_access): each key is tried in every table before the next key, so a more specific
         key in a later table wins over a less specific one in an earlier table. Pattern tables
         see only the first key (the whole address, domain or client), never the pieces."""
+        found = self.search(keys)
+        return None if found is None else found[1]
+
+    def search(self, keys: Sequence[str]) -> tuple[int, str] | None:
+        """As find(), and which key (its position in keys) found the value."""
         self._refresh()
         for position, key in enumerate(keys):
             for table in self.tables:
@@ -118,7 +123,7 @@ class Maps:
                     continue
                 value = table.get(key)
                 if value is not None:
-                    return value
+                    return position, value
         return None
 
     def _refresh(self) -> None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from pyfastmta.maps import Maps
+from pyfastmta.maps.addresses import split_extension
 
 # Postfix's default for parent_domain_matches_subdomains.
 DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS = (
     "debug_peer_list", "fast_flush_domains", "mynetworks", "permit_mx_backup_networks",
     "qmqpd_authorized_clients", "relay_domains", "smtpd_access_maps",
 )
-
-# Local parts that are never split at recipient_delimiter (as Postfix's split_addr does).
-_UNSPLIT_LOCAL_PARTS = ("postmaster", "mailer-daemon")
-
 
 def transport_lookup(tables: Maps | None, address: str, *, recipient_delimiter: str = "",
                      parent_domain_matches_subdomains: Sequence[str] = DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
@@ -39,7 +36,7 @@ def transport_lookup(tables: Maps | None, address: str, *, recipient_delimiter: 
 def _search_keys(local: str, domain: str, delimiters: str, parent_style: bool,
                  double_bounce_sender: str) -> Iterable[str]:
     yield f"{local}@{domain}"
-    stripped = _strip_extension(local, delimiters, double_bounce_sender)
+    stripped, _extension = split_extension(local, delimiters, double_bounce_sender)
     if stripped != local:
         yield f"{stripped}@{domain}"
     yield domain
@@ -49,20 +46,3 @@ def _search_keys(local: str, domain: str, delimiters: str, parent_style: bool,
             yield domain[dot + 1:] if parent_style else domain[dot:]
             dot = domain.find(".", dot + 1)
     yield "*"
-
-
-def _strip_extension(local: str, delimiters: str, double_bounce_sender: str) -> str:
-    """local without its address extension, under Postfix's rules for which names keep theirs."""
-    if not delimiters:
-        return local
-    lowered = local.lower()
-    if lowered in _UNSPLIT_LOCAL_PARTS or lowered == double_bounce_sender.lower():
-        return local
-    # Old-style mailing list names stay whole when "-" is a delimiter.
-    if "-" in delimiters and (lowered.startswith("owner-") or (len(lowered) > 8 and lowered.endswith("-request"))):
-        return local
-    for position, char in enumerate(local):
-        if char in delimiters:
-            return local[:position]
-    return local
-
