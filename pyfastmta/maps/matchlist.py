@@ -36,7 +36,7 @@ def _read_list_file(parameter: str, path: str) -> list[str]:
 
 
 class _MatchList:
-    def __init__(self, parameter: str, entries: Iterable[str], opener: Opener | None) -> None:
+    def __init__(self, parameter: str, entries: Iterable[str], opener: Opener | None = None) -> None:
         self.name = parameter
         self._opener = opener or open_table
         self._entries: list[tuple[bool, object]] = []

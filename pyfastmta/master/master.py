@@ -19,6 +19,7 @@ from pyfastmta.maillog import Maillog
 from pyfastmta.master.pidfile import PidFile
 from pyfastmta.master.worker import LISTEN_BACKLOG, Worker
 from pyfastmta.qmgr.service import address_resolver
+from pyfastmta.smtpd.settings import SmtpdSettings
 
 # A worker that dies sooner than this after its start is restarted only after THROTTLE_SECONDS.
 THROTTLE_SECONDS = 1.0
@@ -104,7 +105,10 @@ class Master:
         if not services:
             raise StartupError("master.cf defines no inet smtpd service")
         try:
-            address_resolver(config)  # transport_maps are read now, so a bad table stops the start
+            # Tables are opened now, so a bad one stops the start with its name.
+            address_resolver(config)
+            for service in services:
+                SmtpdSettings(config.for_service(service))
         except ConfigError as error:
             raise StartupError(str(error)) from None
         for _index in range(count):

@@ -5,17 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 from pyfastmta.cleanup.message import CleanupSettings
-
-
-def _networks(entries) -> list:
-    networks = []
-    for entry in entries:
-        text = entry.strip()
-        if text.startswith("[") and "]" in text:
-            # Postfix writes IPv6 networks as [::1]/128.
-            text = text[1:text.index("]")] + text[text.index("]") + 1:]
-        networks.append(ipaddress.ip_network(text, strict=False))
-    return networks
+from pyfastmta.config import ConfigError
+from pyfastmta.maps import TableError
+from pyfastmta.maps.matchlist import DomainList, NetworkList
 
 
 class SmtpdSettings:
@@ -35,9 +27,14 @@ class SmtpdSettings:
         self.smtputf8_enable: bool = get("smtputf8_enable")
         self.peername_lookup: bool = get("smtpd_peername_lookup")
         self.client_port_logging: bool = get("smtpd_client_port_logging")
-        self.mynetworks = _networks(get("mynetworks"))
-        self.mydestination = {d.lower().rstrip(".") for d in get("mydestination")}
-        self.relay_domains = {d.lower().rstrip(".") for d in get("relay_domains")}
+        parent_style = "relay_domains" in get("parent_domain_matches_subdomains")
+        try:
+            self.mynetworks = NetworkList("mynetworks", get("mynetworks"))
+            self.mydestination = DomainList("mydestination", get("mydestination"), "exact")
+            self.relay_domains = DomainList("relay_domains", get("relay_domains"),
+                                            "parent" if parent_style else "dotted")
+        except TableError as error:
+            raise ConfigError(config.main_cf_path, None, str(error)) from None
         self.always_add_missing_headers: bool = get("always_add_missing_headers")
         self.local_header_rewrite_clients = list(get("local_header_rewrite_clients"))
         self.cleanup = CleanupSettings(config)
@@ -50,7 +47,9 @@ class SmtpdSettings:
         known = self._clients.get(addr)
         if known is None:
             address = ipaddress.ip_address(addr)
-            known = (self.in_mynetworks(address), address.is_loopback)
+            known = (self.mynetworks.matches(address), address.is_loopback)
+            if self.mynetworks.has_tables:
+                return known  # a table can change under us: ask it every time
             if len(self._clients) >= 65536:
                 self._clients.clear()
             self._clients[addr] = known
@@ -65,21 +64,5 @@ class SmtpdSettings:
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
         return text.encode()
 
-    def in_mynetworks(self, address) -> bool:
-        for network in self.mynetworks:
-            if address.version == network.version and address in network:
-                return True
-        return False
-
     def domain_is_local_or_relay(self, domain: str) -> bool:
-        domain = domain.lower().rstrip(".")
-        return domain in self.mydestination or self._matches_relay_domain(domain)
-
-    def _matches_relay_domain(self, domain: str) -> bool:
-        if not self.relay_domains:
-            return False
-        if domain in self.relay_domains:
-            return True
-        # parent_domain_matches_subdomains includes relay_domains by default in Postfix.
-        parts = domain.split(".")
-        return any(".".join(parts[i:]) in self.relay_domains for i in range(1, len(parts)))
+        return self.mydestination.matches(domain) or self.relay_domains.matches(domain)

@@ -126,6 +126,36 @@ def test_relay_control_for_a_client_outside_mynetworks(make_mta, connect):
     assert mta.logged("reject: RCPT from")
 
 
+def test_relay_control_from_lookup_tables(make_mta, connect, tmp_path):
+    """mynetworks, mydestination and relay_domains as tables: a client listed in the mynetworks
+    table relays; another one reaches only the table-listed local and relay domains (relay_domains
+    matching subdomains, as parent_domain_matches_subdomains has it by default)."""
+    (tmp_path / "networks").write_text("127.0.0.1 trusted\n")
+    (tmp_path / "local").write_text("table-local.example OK\n")
+    (tmp_path / "relay").write_text("table-relay.example OK\n")
+    mta = make_mta({"mynetworks": f"texthash:{tmp_path}/networks",
+                    "mydestination": f"localhost, texthash:{tmp_path}/local",
+                    "relay_domains": f"!no.table-relay.example, texthash:{tmp_path}/relay"})
+    outsider = connect(mta, source="127.0.0.2")
+    assert outsider.command("EHLO outside.example")[0] == 250
+    assert outsider.command("MAIL FROM:<x@outside.example>")[0] == 250
+    assert outsider.command("RCPT TO:<u@table-local.example>")[0] == 250
+    assert outsider.command("RCPT TO:<u@sub.table-relay.example>")[0] == 250
+    assert outsider.command("RCPT TO:<u@no.table-relay.example>")[0] == 554
+    assert outsider.command("RCPT TO:<u@sub.table-local.example>")[0] == 554  # mydestination: exact
+    insider = connect(mta, source="127.0.0.1")
+    assert insider.command("EHLO inside.example")[0] == 250
+    assert insider.command("MAIL FROM:<x@example.test>")[0] == 250
+    assert insider.command("RCPT TO:<anyone@elsewhere.example>")[0] == 250
+
+
+def test_a_missing_table_stops_the_start_with_its_name(make_mta, tmp_path):
+    mta = make_mta({"mynetworks": f"texthash:{tmp_path}/absent"}, start=False)
+    result = mta.cli("start", check=False)
+    assert result.returncode != 0
+    assert f"{tmp_path}/absent: file not found" in result.stderr
+
+
 @pytest.mark.parametrize("smuggle", [
     b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\r\n\x00.\r\n", b"\n.\r\r\n",
 ])
