@@ -232,6 +232,9 @@ _TABLE = [
               "Transport (and optional :nexthop) for mail to $relay_domains."),
     Parameter("local_transport", STRING, "local:$myhostname",
               "Transport for mail to $mydestination."),
+    Parameter("relocated_maps", LIST, "",
+              "Lookup tables of users or domains that have moved: mail to them bounces with the new "
+              "address (relocated(5))."),
     Parameter("transport_maps", LIST, "",
               "Lookup tables (type:name, any table type) that map recipients or domains to transport:nexthop."),
     Parameter("parent_domain_matches_subdomains", LIST,

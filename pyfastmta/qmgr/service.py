@@ -60,6 +60,7 @@ def address_resolver(config, addresses: list[str] | None = None, log=None) -> Ad
         myhostname=get("myhostname"), mydomain=get("mydomain"), myorigin=get("myorigin"),
         mydestination=get("mydestination"), relay_domains=get("relay_domains"),
         relayhost=get("relayhost"), transport_maps=lookup_maps(config, "transport_maps", log),
+        relocated_maps=lookup_maps(config, "relocated_maps", log),
         default_transport=get("default_transport"), relay_transport=get("relay_transport"),
         local_transport=get("local_transport"),
         parent_domain_matches_subdomains=get("parent_domain_matches_subdomains"),

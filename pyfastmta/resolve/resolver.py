@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pyfastmta.config.valuetypes import split_list
 from pyfastmta.maps import Maps
+from pyfastmta.maps.addresses import AddressSearch
 from pyfastmta.maps.matchlist import DomainList
 from pyfastmta.resolve.transport import (
     DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
@@ -49,7 +50,8 @@ class AddressResolver:
                  recipient_delimiter: str = "", inet_interfaces_addresses: Sequence[str] = (),
                  virtual_mailbox_domains: Sequence[str] = (), virtual_transport: str = "virtual",
                  empty_address_recipient: str = "MAILER-DAEMON", allow_min_user: bool = False,
-                 double_bounce_sender: str = "double-bounce", smtputf8_enable: bool = True) -> None:
+                 double_bounce_sender: str = "double-bounce", smtputf8_enable: bool = True,
+                 relocated_maps: Maps | None = None) -> None:
         """local_transport None means Postfix's default, local:$myhostname."""
         self.myhostname = myhostname
         self.mydomain = mydomain
@@ -72,6 +74,16 @@ class AddressResolver:
         self.virtual_mailbox_domains = DomainList("virtual_mailbox_domains", virtual_mailbox_domains, "exact")
         self.own_addresses = {_ip(text) for text in inet_interfaces_addresses}
         self.own_addresses.discard(None)
+        self.relocated_maps = relocated_maps
+        self._relocated_search = AddressSearch(
+            recipient_delimiter=recipient_delimiter, myorigin=myorigin, is_local=self._is_local,
+            double_bounce_sender=double_bounce_sender)
+
+    def _is_local(self, domain: str) -> bool:
+        domain = domain.rstrip(".")
+        if domain.startswith("[") and domain.endswith("]"):
+            return _literal_address(domain) in self.own_addresses
+        return self.mydestination.matches(domain)
 
     def resolve(self, recipient: str) -> Resolution:
         address = recipient
@@ -100,6 +112,12 @@ class AddressResolver:
         else:
             address_class, transport, nexthop = "default", *_split_transport(self.default_transport)
             nexthop = nexthop or self.relayhost or domain.lower()
+
+        if self.relocated_maps and valid:
+            # Bounced here rather than by a delivery agent, so it works for every address class.
+            moved = self._relocated_search.find(self.relocated_maps, address)
+            if moved is not None:
+                return Resolution(address_class, "error", f"5.1.6 User has moved to {moved[0]}", address)
 
         found = transport_lookup(self.transport_maps, address, recipient_delimiter=self.recipient_delimiter,
                                  parent_domain_matches_subdomains=self.parent_domain_matches_subdomains,

@@ -54,7 +54,7 @@ def load_case(name: str) -> tuple[AddressResolver, list[str]]:
         else:
             key, _, value = (part.strip() for part in line.partition("="))
             value = with_table_paths(value)
-            if key == "transport_maps":
+            if key in ("transport_maps", "relocated_maps"):
                 settings[key] = Maps(key, split_list(value), open_table)
             else:
                 settings[key] = split_list(value) if key in LIST_SETTINGS else value
