@@ -290,3 +290,32 @@ def test_postconf_reports_a_bad_main_cf(tmp_path):
 def test_postconf_usage_error():
     status, out, err = run_postconf(["-Z"], None)
     assert status == 2 and out == "" and "usage:" in err
+
+
+# Defaults that differ from Postfix's on purpose: where pyfastmta's layout or engine differ.
+OWN_DEFAULTS = {"queue_directory", "config_directory", "data_directory", "mail_version", "mail_name",
+                "smtpd_banner", "inet_interfaces", "default_process_limit", "process_id",
+                "mail_owner", "maillog_file", "command_directory", "daemon_directory", "meta_directory",
+                "shlib_directory", "sample_directory", "readme_directory", "html_directory",
+                "manpage_directory", "sendmail_path", "newaliases_path", "mailq_path",
+                "setgid_group", "syslog_name", "import_environment", "smtpd_forbid_bare_newline"}
+
+
+@pytest.mark.skipif(not os.environ.get("CI") and not Path(POSTCONF).exists(), reason="Postfix's postconf is not installed")
+def test_defaults_match_postfix(tmp_path):
+    """Every parameter Postfix also has defaults to what Postfix 3.7 gives it at compatibility
+    level 3.6, expanded (postconf -x), apart from the few listed in OWN_DEFAULTS."""
+    write_config(tmp_path, "compatibility_level = 3.6\n")
+    names = [name for name in PARAMETERS if name not in OWN_DEFAULTS]
+    result = subprocess.run([POSTCONF, "-c", str(tmp_path), "-x", *names],
+                            capture_output=True, text=True, check=False)
+    postfix = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.partition("=")
+        postfix[name.strip()] = value.strip()
+    config = load_config(str(tmp_path))
+    ours = {name: config.expanded(name) for name in postfix}
+    differ = {name: (ours[name], postfix[name]) for name in postfix
+              if " ".join(ours[name].replace(",", " ").split()) != " ".join(postfix[name].replace(",", " ").split())}
+    assert differ == {}
+    assert len(postfix) > 50
