@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks talk to: Postfix (smtp-source, smtp-sink, postmap, a TLS
-# peer), swaks, and Dovecot's LMTP server.
-DEBIAN_PACKAGES := postfix swaks dovecot-lmtpd
+# peer), swaks, Dovecot's LMTP server, and Redis (redis: tables).
+DEBIAN_PACKAGES := postfix swaks dovecot-lmtpd redis-server
 PYTEST_ARGS ?=
 
 .PHONY: run test bench bench-relay bench-micro build sysdeps sanitize clean

@@ -2,6 +2,6 @@
 search orders that turn an address, a domain or a client into keys."""
 
 from pyfastmta.maps.registry import open_table, split_table_list, table_types
-from pyfastmta.maps.table import Maps, Table, TableError
+from pyfastmta.maps.table import Maps, Table, TableError, TableTemporaryError
 
-__all__ = ["Maps", "Table", "TableError", "open_table", "split_table_list", "table_types"]
+__all__ = ["Maps", "Table", "TableError", "TableTemporaryError", "open_table", "split_table_list", "table_types"]

@@ -17,6 +17,11 @@ class TableError(Exception):
     for a source file the line, as `file:line: ...`."""
 
 
+class TableTemporaryError(TableError):
+    """A lookup that could not be answered now (server down, busy, slow): the caller defers, as
+    Postfix does on a table's temporary error, instead of treating the key as not found."""
+
+
 class Table:
     """One open table.
 
@@ -99,12 +104,8 @@ class Maps:
         return any(table.pattern for table in self.tables)
 
     def get(self, key: str) -> str | None:
-        self._refresh()
-        for table in self.tables:
-            value = table.get(key)
-            if value is not None:
-                return value
-        return None
+        found = self.search([key])
+        return None if found is None else found[1]
 
     def find(self, keys: Sequence[str]) -> str | None:
         """A search over several keys, most specific first (Postfix's mail_addr_find and
@@ -123,6 +124,9 @@ class Maps:
                     continue
                 value = table.get(key)
                 if value is not None:
+                    if not value:
+                        # Postfix's maps_find: a table must say "not found", never "".
+                        raise TableError(f"{table.spec} lookup of {key} returns an empty string result")
                     return position, value
         return None
 

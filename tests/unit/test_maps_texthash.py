@@ -190,3 +190,11 @@ def test_a_broken_edit_keeps_the_last_good_table(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "monotonic", lambda: 10.0 ** 9)
     assert listed.get("example.com") == "smtp:good"
     assert len(warnings) == 1 and "unbalanced" in warnings[0] and warnings[0].startswith("transport_maps: ")
+
+
+def test_an_empty_result_is_a_table_error_not_a_match():
+    """Postfix's map search refuses a table that answers "" (it must say "not found")."""
+    listed = Maps("canonical_maps", ["inline:{empty=, full=value}"], open_table)
+    assert listed.get("full") == "value"
+    with pytest.raises(TableError, match="returns an empty string result"):
+        listed.get("empty")
