@@ -7,6 +7,9 @@ import ipaddress
 import socket
 import struct
 
+from pyfastmta.config.errors import ConfigError
+from pyfastmta.config.mastercf import protocol_families
+
 InterfaceAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 _SIOCGIFCONF = 0x8912
@@ -122,4 +125,18 @@ def own_addresses(interfaces: list[str], ipv4: bool, ipv6: bool) -> list[str]:
         for address in addresses:
             if address not in found:
                 found.append(address)
+    return found
+
+
+def host_addresses(config) -> list[str]:
+    """This host's addresses for mail (inet_interfaces and proxy_interfaces): a domain literal
+    naming one is local, and an MX host at one is this host."""
+    ipv4, ipv6 = protocol_families(config.get("inet_protocols"), ipv6_supported())
+    found: list[str] = []
+    for name in ("inet_interfaces", "proxy_interfaces"):
+        try:
+            addresses = own_addresses(config.get(name), ipv4, ipv6)
+        except ValueError as error:
+            raise ConfigError(config.main_cf_path, None, f"{name}: {error}") from None
+        found.extend(address for address in addresses if address not in found)
     return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from pyfastmta.maps.table import Table, TableError
+from pyfastmta.maps.table import Maps, Table, TableError
 
 # type → "module:factory"; factory(name, options) -> Table
 _TYPES = {
@@ -79,3 +79,17 @@ def split_table_list(text: str) -> list[str]:
     if current:
         pieces.append("".join(current))
     return pieces
+
+
+def parameter_maps(config, parameter: str, warn=None) -> Maps:
+    """A table-valued parameter's tables, opened (any type); a table that cannot be opened is a
+    ConfigError naming main.cf and the parameter."""
+    from pyfastmta.config import ConfigError
+
+    options = TableOptions(smtputf8_enable=config.get("smtputf8_enable"),
+                           config_directory=config.config_dir or "")
+    try:
+        return Maps(parameter, split_table_list(config.expanded(parameter)),
+                    lambda spec: open_table(spec, options), warn)
+    except TableError as error:
+        raise ConfigError(config.main_cf_path, None, f"{parameter}: {error}") from None

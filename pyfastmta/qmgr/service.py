@@ -7,13 +7,11 @@ import asyncio
 
 from pyfastmta.bounce.notices import NoticeSender
 from pyfastmta.config import ConfigError
-from pyfastmta.config.interfaces import ipv6_supported, own_addresses
-from pyfastmta.config.mastercf import protocol_families
+from pyfastmta.config.interfaces import host_addresses
 from pyfastmta.dns import DnsResolver
 from pyfastmta.qmgr.scheduler import Scheduler
 from pyfastmta.resolve.resolver import AddressResolver
-from pyfastmta.maps import Maps, TableError, open_table, split_table_list
-from pyfastmta.maps.registry import TableOptions
+from pyfastmta.maps.registry import parameter_maps
 from pyfastmta.smtp.agent import ConnectionCache, SmtpDeliveryAgent
 from pyfastmta.smtp.client import ClientTimeouts
 
@@ -27,31 +25,8 @@ _INTEGER_SETTINGS = {"destination_recipient_limit", "destination_concurrency_lim
                      "initial_destination_concurrency", "destination_concurrency_failed_cohort_limit"}
 
 
-def lookup_maps(config, parameter: str, log=None) -> Maps:
-    """A table-valued parameter's tables, opened (any type); a table that cannot be opened is a
-    ConfigError naming the parameter."""
-    options = TableOptions(smtputf8_enable=config.get("smtputf8_enable"),
-                           config_directory=config.config_dir or "")
-    warn = (lambda text: log("qmgr", f"warning: {text}")) if log is not None else None
-    try:
-        return Maps(parameter, split_table_list(config.expanded(parameter)),
-                    lambda spec: open_table(spec, options), warn)
-    except TableError as error:
-        raise ConfigError(config.main_cf_path, None, f"{parameter}: {error}") from None
-
-
-def host_addresses(config) -> list[str]:
-    """This host's addresses for mail (inet_interfaces and proxy_interfaces): a domain literal
-    naming one is local, and an MX host at one is this host."""
-    ipv4, ipv6 = protocol_families(config.get("inet_protocols"), ipv6_supported())
-    found: list[str] = []
-    for name in ("inet_interfaces", "proxy_interfaces"):
-        try:
-            addresses = own_addresses(config.get(name), ipv4, ipv6)
-        except ValueError as error:
-            raise ConfigError(config.main_cf_path, None, f"{name}: {error}") from None
-        found.extend(address for address in addresses if address not in found)
-    return found
+def _warner(log):
+    return (lambda text: log("qmgr", f"warning: {text}")) if log is not None else None
 
 
 def address_resolver(config, addresses: list[str] | None = None, log=None) -> AddressResolver:
@@ -59,8 +34,8 @@ def address_resolver(config, addresses: list[str] | None = None, log=None) -> Ad
     return AddressResolver(
         myhostname=get("myhostname"), mydomain=get("mydomain"), myorigin=get("myorigin"),
         mydestination=get("mydestination"), relay_domains=get("relay_domains"),
-        relayhost=get("relayhost"), transport_maps=lookup_maps(config, "transport_maps", log),
-        relocated_maps=lookup_maps(config, "relocated_maps", log),
+        relayhost=get("relayhost"), transport_maps=parameter_maps(config, "transport_maps", _warner(log)),
+        relocated_maps=parameter_maps(config, "relocated_maps", _warner(log)),
         default_transport=get("default_transport"), relay_transport=get("relay_transport"),
         local_transport=get("local_transport"),
         parent_domain_matches_subdomains=get("parent_domain_matches_subdomains"),

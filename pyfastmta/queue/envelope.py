@@ -17,6 +17,7 @@ class Recipient(msgspec.Struct, array_like=True, gc=False):
     address: str
     orcpt: str | None = None
     notify: str | None = None
+    original: str | None = None  # as the client gave it, when rewriting changed it
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):

@@ -16,10 +16,9 @@ A domain used as nexthop is lowercased, so one destination is one queue whatever
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyfastmta.config.valuetypes import split_list
 from pyfastmta.maps import Maps
 from pyfastmta.maps.addresses import AddressSearch
 from pyfastmta.maps.matchlist import DomainList

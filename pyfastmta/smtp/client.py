@@ -526,7 +526,10 @@ class SmtpConnection:
                 kind, sep, address = recipient.orcpt.partition(";")
                 if not sep:
                     kind, address = "rfc822", recipient.orcpt
-                parts.append(f"ORCPT={kind};{xtext(address)}")
+            else:
+                # As Postfix: the recipient as the client gave it, before any rewriting.
+                kind, address = "rfc822", recipient.original or recipient.address
+            parts.append(f"ORCPT={kind};{xtext(address)}")
         return (" ".join(parts) + "\r\n").encode("utf-8")
 
     def _record(self, results, indexes, reply: Reply, command: str) -> None:

@@ -14,6 +14,7 @@ import time
 
 from pyfastmta._ext.smtpproto import SmtpServerParser, parse_path_argument
 from pyfastmta.cleanup.message import Rejected, clean_message
+from pyfastmta.cleanup.rewrite import AliasExpansionError
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtpd.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
 
@@ -440,8 +441,17 @@ class SmtpSession(asyncio.Protocol):
             self.reply(rejected.reply)
             self._transaction_done()
             return
+        try:
+            sender, recipients = self._rewritten_envelope()
+        except AliasExpansionError as error:
+            self.server.log("cleanup", f"warning: {queue_id}: {error} -- message not accepted, "
+                                       "try again later")
+            self._count("data", False)
+            self.reply("451 4.6.0 Alias expansion error")
+            self._transaction_done()
+            return
         envelope = Envelope(
-            queue_id=queue_id, sender=self.sender, recipients=recipients, arrival_time=now,
+            queue_id=queue_id, sender=sender, recipients=recipients, arrival_time=now,
             client_name=self.client_name, client_addr=self.client_addr,
             client_port=self.client_port, helo_name=self.helo_name or "", protocol=protocol,
             size=len(message.content), body_type=self.body_type, smtputf8=self.smtputf8,
@@ -453,6 +463,24 @@ class SmtpSession(asyncio.Protocol):
             self._queue_failed(exc)
             return
         durable.add_done_callback(lambda future: self._queued(future, envelope, message.message_id))
+
+    def _rewritten_envelope(self) -> tuple[str, list[Recipient]]:
+        """The envelope as cleanup rewrites it (canonical, masquerading, virtual aliases); a
+        recipient that turns out twice with the same DSN parameters and origin is kept once."""
+        rewriter = self.settings.rewriter
+        sender = rewriter.sender(self.sender)
+        recipients: list[Recipient] = []
+        seen: set[tuple] = set()
+        for given in self.recipients:
+            for address in rewriter.recipient(given.address):
+                key = (address.lower(), given.orcpt, given.notify, given.address.lower())
+                if key in seen:
+                    continue
+                seen.add(key)
+                original = given.address if address != given.address else None
+                recipients.append(Recipient(address, orcpt=given.orcpt, notify=given.notify,
+                                            original=original))
+        return sender, recipients
 
     def _queued(self, future, envelope: Envelope, message_id: str | None) -> None:
         exc = future.exception()

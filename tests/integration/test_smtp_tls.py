@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import importlib.util
 import os
 import random
 import re
@@ -28,10 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from peers.loopback import free_port, start_smtp_sink, wait_until
+from peers.privatepostfix import PostfixInstance
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtp import ClientTimeouts, ContentSource, DeliveryError, SmtpConnection
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 POSTCAT = shutil.which("postcat", path="/usr/sbin:/usr/bin") or "/usr/sbin/postcat"
 
 # CI runs as root with Postfix installed: there these tests must run, never skip.
@@ -40,14 +39,6 @@ pytestmark = pytest.mark.skipif(
         os.geteuid() != 0 or shutil.which("postfix", path="/usr/sbin:/usr/bin") is None),
     reason="a private Postfix needs root (`postfix start`) and Postfix installed (make sysdeps)",
 )
-
-
-def load_postfix_instance():
-    """bench/ holds programs, not a package."""
-    spec = importlib.util.spec_from_file_location("postfix_instance", BENCH / "postfix_instance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(event_loop_name: str, coro):
@@ -84,11 +75,10 @@ class TlsPostfix:
     """A private Postfix on 127.0.0.1 whose smtpd offers STARTTLS and holds every message."""
 
     def __init__(self):
-        postfix_instance = load_postfix_instance()
         tls_directory = Path(tempfile.mkdtemp(prefix="pyfastmta-tls-"))
         self.tls_directory = tls_directory
         cert_file, key_file = self_signed_certificate(tls_directory)
-        self.instance = postfix_instance.PostfixInstance(hold_queue=True, main_cf={
+        self.instance = PostfixInstance(hold_queue=True, main_cf={
             "smtpd_tls_security_level": "may",
             "smtpd_tls_cert_file": str(cert_file),
             "smtpd_tls_key_file": str(key_file),

@@ -1,0 +1,302 @@
+"""Envelope address rewriting, as Postfix's cleanup and trivial-rewrite do it.
+
+For the sender: the local rewriting context (trivial-rewrite), then sender_canonical_maps and
+canonical_maps (each when its *_classes has envelope_sender), then masquerading. For each
+recipient: the local context, recipient_canonical_maps and canonical_maps (envelope_recipient),
+masquerading (when masquerade_classes has envelope_recipient), then virtual_alias_maps, which
+may turn one recipient into many.
+
+The local context (trivial-rewrite's rewrite_tree): a source route "@a,@b:user@c" loses its route;
+an address without "@" has "site!user" swapped to "user@site" (swap_bangpath), else its last "%"
+made an "@" (allow_percent_hack), else "@$myorigin" appended (append_at_myorigin); a domain
+without a dot gets ".$mydomain" (append_dot_mydomain); one trailing dot is removed. Quoted parts
+of the local part are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyfastmta.maps.addresses import AddressSearch
+from pyfastmta.maps.registry import parameter_maps
+from pyfastmta.maps.table import Maps
+
+# cleanup_map11's limit on a canonical mapping of a mapping.
+_CANONICAL_NESTING = 10
+# Longest address a virtual alias may expand to (Postfix's virtual_alias_address_length_limit).
+_VIRTUAL_ADDRESS_LIMIT = 1000
+
+
+class AliasExpansionError(Exception):
+    """A virtual alias nested or expanded beyond its limits: the message is not accepted now
+    (451 4.6.0), as Postfix defers it."""
+
+
+def _find_unquoted(text: str, wanted: str, last: bool = False) -> int:
+    """Position of the first (or last) `wanted` outside double quotes and backslash escapes."""
+    found = -1
+    quoted = escaped = False
+    for position, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == wanted and not quoted:
+            if not last:
+                return position
+            found = position
+    return found
+
+
+class LocalContext:
+    """trivial-rewrite's "local" rule set."""
+
+    def __init__(self, *, myorigin: str, mydomain: str, swap_bangpath: bool = True,
+                 allow_percent_hack: bool = True, append_at_myorigin: bool = True,
+                 append_dot_mydomain: bool = False) -> None:
+        self.myorigin = myorigin
+        self.mydomain = mydomain
+        self.swap_bangpath = swap_bangpath
+        self.allow_percent_hack = allow_percent_hack
+        self.append_at_myorigin = append_at_myorigin
+        self.append_dot_mydomain = append_dot_mydomain
+
+    def rewrite(self, address: str) -> str:
+        if not address:
+            return address
+        if address == "@":
+            return ""
+        if address.startswith("@"):
+            colon = _find_unquoted(address, ":")
+            if 0 < colon < len(address) - 1:
+                address = address[colon + 1:]
+        if _find_unquoted(address, "@", last=True) < 0:
+            bang = _find_unquoted(address, "!")
+            percent = _find_unquoted(address, "%", last=True)
+            if self.swap_bangpath and bang >= 0:
+                address = f"{address[bang + 1:]}@{address[:bang]}"
+            elif self.allow_percent_hack and percent >= 0:
+                address = f"{address[:percent]}@{address[percent + 1:]}"
+            elif self.append_at_myorigin and self.myorigin:
+                address = f"{address}@{self.myorigin}"
+        at = _find_unquoted(address, "@", last=True)
+        if self.append_dot_mydomain and self.mydomain and 0 <= at < len(address) - 1:
+            domain = address[at + 1:]
+            if "." not in domain and not domain.startswith("["):
+                address = f"{address}.{self.mydomain}"
+        if address.endswith(".") and len(address) > 1 and address[-2] not in ".@":
+            address = address[:-1]
+        return address
+
+
+class EnvelopeRewriter:
+    """What cleanup does to the envelope of one message, with one configuration."""
+
+    def __init__(self, *, local: LocalContext, search: AddressSearch,
+                 canonical: Maps | None = None, sender_canonical: Maps | None = None,
+                 recipient_canonical: Maps | None = None,
+                 canonical_classes: frozenset[str] = frozenset(),
+                 sender_canonical_classes: frozenset[str] = frozenset(),
+                 recipient_canonical_classes: frozenset[str] = frozenset(),
+                 masquerade_domains: list[str] | None = None, masquerade_exceptions: frozenset[str] = frozenset(),
+                 masquerade_classes: frozenset[str] = frozenset(),
+                 virtual_alias: Maps | None = None, virtual_alias_recursion_limit: int = 1000,
+                 virtual_alias_expansion_limit: int = 1000,
+                 propagate_unmatched_extensions: frozenset[str] = frozenset({"canonical", "virtual"}),
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.local = local
+        self.search = search
+        self.canonical = canonical
+        self.sender_canonical = sender_canonical
+        self.recipient_canonical = recipient_canonical
+        self.canonical_classes = canonical_classes
+        self.sender_canonical_classes = sender_canonical_classes
+        self.recipient_canonical_classes = recipient_canonical_classes
+        self.masquerade_domains = [d.lower() for d in (masquerade_domains or [])]
+        self.masquerade_exceptions = frozenset(e.lower() for e in masquerade_exceptions)
+        self.masquerade_classes = masquerade_classes
+        self.virtual_alias = virtual_alias
+        self.virtual_alias_recursion_limit = virtual_alias_recursion_limit
+        self.virtual_alias_expansion_limit = virtual_alias_expansion_limit
+        self.propagate = propagate_unmatched_extensions
+        self._warn = warn
+
+    # -- the two envelope parts ------------------------------------------------------------------
+
+    def sender(self, address: str) -> str:
+        if not address:
+            return address
+        address = self.local.rewrite(address)
+        if self.sender_canonical and "envelope_sender" in self.sender_canonical_classes:
+            address = self._map11(self.sender_canonical, address, "sender_canonical_maps")
+        if self.canonical and "envelope_sender" in self.canonical_classes:
+            address = self._map11(self.canonical, address, "canonical_maps")
+        if "envelope_sender" in self.masquerade_classes:
+            address = self.masquerade(address)
+        return address
+
+    def recipient(self, address: str) -> list[str]:
+        """The recipients one envelope recipient becomes (one, unless virtual aliases expand it).
+        Raises AliasExpansionError past the virtual alias limits."""
+        address = self.local.rewrite(address)
+        if self.recipient_canonical and "envelope_recipient" in self.recipient_canonical_classes:
+            address = self._map11(self.recipient_canonical, address, "recipient_canonical_maps")
+        if self.canonical and "envelope_recipient" in self.canonical_classes:
+            address = self._map11(self.canonical, address, "canonical_maps")
+        if "envelope_recipient" in self.masquerade_classes:
+            address = self.masquerade(address)
+        if not self.virtual_alias:
+            return [address]
+        return self._map1n(self.virtual_alias, address)
+
+    # -- the mappings ----------------------------------------------------------------------------
+
+    def map_address(self, maps: Maps, address: str, propagate: bool) -> list[str] | None:
+        """One table lookup (Postfix's mail_addr_map): the addresses the result names, each put
+        through the local context; "@domain" keeps the user; an extension the lookup had to cut
+        off is put back when propagate is set."""
+        found = self.search.find(maps, address)
+        if found is None:
+            return None
+        value, extension = found
+        if value.startswith("@"):
+            at = _find_unquoted(address, "@", last=True)
+            user = address[:at] if at >= 0 else address
+            if extension:
+                user = user[:len(user) - len(extension)]
+            value = user + value
+        results = []
+        for item in _split_addresses(value):
+            item = self.local.rewrite(item)
+            if propagate and extension:
+                at = _find_unquoted(item, "@", last=True)
+                item = item[:at] + extension + item[at:] if at >= 0 else item + extension
+            results.append(item)
+        if not results and self._warn is not None:
+            self._warn(f'lookup of {address} returns non-address result "{value}"')
+        return results or None
+
+    def _map11(self, maps: Maps, address: str, title: str) -> str:
+        propagate = "canonical" in self.propagate
+        for _ in range(_CANONICAL_NESTING):
+            mapped = self.map_address(maps, address, propagate)
+            if mapped is None:
+                return address
+            if len(mapped) > 1 and self._warn is not None:
+                self._warn(f"multi-valued {title} entry for {address}")
+            previous, address = address, mapped[0]
+            if previous.lower() == address.lower():
+                return address
+        if self._warn is not None:
+            self._warn(f"unreasonable {title} map nesting for {address}")
+        return address
+
+    def _map1n(self, maps: Maps, original: str) -> list[str]:
+        propagate = "virtual" in self.propagate
+        addresses = [original]
+        expanded_to_self: set[str] = set()
+        position = 0
+        while position < len(addresses):
+            if len(addresses) > self.virtual_alias_expansion_limit:
+                raise AliasExpansionError(f"unreasonable virtual_alias_maps map expansion size for {original}")
+            count = 0
+            while addresses[position].lower() not in expanded_to_self:
+                if count >= self.virtual_alias_recursion_limit:
+                    raise AliasExpansionError(f"unreasonable virtual_alias_maps map nesting for {original}")
+                lhs = addresses[position]
+                mapped = self.map_address(maps, lhs, propagate)
+                if mapped is None:
+                    break
+                for index, item in enumerate(mapped):
+                    if len(item) > _VIRTUAL_ADDRESS_LIMIT:
+                        raise AliasExpansionError(f"unreasonable virtual_alias_maps result {item[:300]}...")
+                    if index == 0:
+                        addresses[position] = item
+                    else:
+                        addresses.append(item)
+                    if item.lower() == lhs.lower():
+                        expanded_to_self.add(lhs.lower())
+                count += 1
+            position += 1
+        return addresses
+
+    def masquerade(self, address: str) -> str:
+        """Strip subdomains of masquerade_domains (a "!domain" entry keeps its subdomains), unless
+        the user is in masquerade_exceptions."""
+        if not self.masquerade_domains:
+            return address
+        at = _find_unquoted(address, "@", last=True)
+        if at < 0:
+            return address
+        user, domain = address[:at], address[at + 1:]
+        if user.lower() in self.masquerade_exceptions:
+            return address
+        lowered = domain.lower()
+        for entry in self.masquerade_domains:
+            keep = entry.startswith("!")
+            name = entry[1:] if keep else entry
+            if lowered == name:
+                return address
+            if lowered.endswith("." + name):
+                return address if keep else f"{user}@{domain[len(domain) - len(name):]}"
+        return address
+
+
+def _split_addresses(value: str) -> list[str]:
+    """The addresses of a table result: comma- or space-separated, with quotes and <> kept
+    intact (an RFC 822 address list in Postfix)."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+            current.append(char)
+            continue
+        if char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and (char == "," or char.isspace()):
+            if current:
+                items.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+    if current:
+        items.append("".join(current))
+    return [item[1:-1] if item.startswith("<") and item.endswith(">") else item for item in items]
+
+
+def envelope_rewriter(config, is_local: Callable[[str], bool],
+                      warn: Callable[[str], None] | None = None) -> EnvelopeRewriter:
+    """The rewriter of a configuration; is_local(domain): the domain is $mydestination or one of
+    this host's address literals (its users are also looked up without the domain)."""
+    get = config.get
+
+    def maps(parameter: str) -> Maps | None:
+        found = parameter_maps(config, parameter, warn)
+        return found if found else None
+
+    local = LocalContext(myorigin=get("myorigin"), mydomain=get("mydomain"),
+                         swap_bangpath=get("swap_bangpath"), allow_percent_hack=get("allow_percent_hack"),
+                         append_at_myorigin=get("append_at_myorigin"),
+                         append_dot_mydomain=get("append_dot_mydomain"))
+    search = AddressSearch(recipient_delimiter=get("recipient_delimiter"), myorigin=get("myorigin"),
+                           is_local=is_local, double_bounce_sender=get("double_bounce_sender"))
+    return EnvelopeRewriter(
+        local=local, search=search, canonical=maps("canonical_maps"),
+        sender_canonical=maps("sender_canonical_maps"), recipient_canonical=maps("recipient_canonical_maps"),
+        canonical_classes=frozenset(get("canonical_classes")),
+        sender_canonical_classes=frozenset(get("sender_canonical_classes")),
+        recipient_canonical_classes=frozenset(get("recipient_canonical_classes")),
+        masquerade_domains=list(get("masquerade_domains")),
+        masquerade_exceptions=frozenset(get("masquerade_exceptions")),
+        masquerade_classes=frozenset(get("masquerade_classes")),
+        virtual_alias=maps("virtual_alias_maps"),
+        virtual_alias_recursion_limit=get("virtual_alias_recursion_limit"),
+        virtual_alias_expansion_limit=get("virtual_alias_expansion_limit"),
+        propagate_unmatched_extensions=frozenset(get("propagate_unmatched_extensions")),
+        warn=warn)
