@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks talk to: Postfix (smtp-source, smtp-sink, postmap, a TLS
-# peer), swaks, Dovecot's LMTP server, and Redis (redis: tables).
-DEBIAN_PACKAGES := postfix swaks dovecot-lmtpd redis-server
+# peer; postfix-pcre for pcre: tables), swaks, Dovecot's LMTP server, and Redis (redis: tables).
+DEBIAN_PACKAGES := postfix postfix-pcre swaks dovecot-lmtpd redis-server
 PYTEST_ARGS ?=
 
 .PHONY: run test bench bench-relay bench-micro build sysdeps sanitize clean

@@ -1,0 +1,668 @@
+"""The compiled hash table file that postmap writes for hash: tables, opened with mmap.
+
+HashWriter compiles postmap's source syntax (or entries given one by one) into the file described
+in hashtable.pxd; HashFile maps a file and answers lookups in constant time. Opening reads only the
+64-byte header and checks it against the file's size, so it costs the same for any table size;
+every lookup checks the record it lands on against the file's bounds, so a damaged file gives an
+error naming it, never a crash.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pycapsule cimport PyCapsule_GetContext, PyCapsule_New, PyCapsule_SetContext
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memchr, memcpy, memset
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, madvise, mmap, munmap
+from posix.unistd cimport fsync, write
+
+from hashtable cimport (PFM_FP_SHIFT, PFM_LE32, PFM_LE64, PFM_OFFSET_MASK, HashQuery, HashView,
+                        ascii_fold, hashview_find, hashview_find_many, memcmp, memcmp_eq, pfm_hash,
+                        pfm_load32, pfm_load64)
+
+import os
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+
+cdef extern from "<sys/mman.h>":
+    int MADV_RANDOM
+
+cdef enum:
+    VERSION = 1
+    HEADER_SIZE = 64
+    # Keys no longer than this are folded on the stack; longer ones in a heap buffer.
+    KEY_STACK = 512
+# The data area's offsets have 40 bits in a slot.
+cdef uint64_t MAX_DATA = (<uint64_t>1 << 40) - 1
+
+MAGIC = b"PFMHASH\0"
+FORMAT_VERSION = VERSION
+
+
+class HashFileError(Exception):
+    """A hash table file that cannot be opened, read or written; the message names the file."""
+
+
+cdef inline bint is_space(unsigned char c) noexcept nogil:
+    # Postfix's ISSPACE: the ASCII white space characters, never anything above 0x7f.
+    return c == 32 or (c >= 9 and c <= 13)
+
+
+cdef inline bint has_high(const unsigned char* p, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if p[i] >= 0x80:
+            return True
+    return False
+
+
+cdef inline void store64(unsigned char* p, uint64_t v) noexcept nogil:
+    v = PFM_LE64(v)
+    memcpy(p, &v, 8)
+
+
+cdef inline void store32(unsigned char* p, uint32_t v) noexcept nogil:
+    v = PFM_LE32(v)
+    memcpy(p, &v, 4)
+
+
+cdef bytes _header(uint64_t count, uint64_t nslots, uint64_t seed, uint64_t data_size):
+    cdef unsigned char header[64]
+    memset(header, 0, 64)
+    memcpy(header, b"PFMHASH\0", 8)
+    store32(header + 8, VERSION)
+    store32(header + 12, 0)
+    store64(header + 16, count)
+    store64(header + 24, nslots)
+    store64(header + 32, seed)
+    store64(header + 40, HEADER_SIZE + nslots * 8)
+    store64(header + 48, data_size)
+    store64(header + 56, pfm_hash(header, 56, 0))
+    return PyBytes_FromStringAndSize(<char*>header, 64)
+
+
+def _display(const unsigned char[:] text):
+    return bytes(text).decode("utf-8", "replace")
+
+
+cdef bytes _unicode_fold(const unsigned char* key, size_t key_len):
+    """Full Unicode case folding of a UTF-8 key (Postfix's casefold with smtputf8_enable)."""
+    return PyUnicode_DecodeUTF8(<char*>key, key_len, "surrogateescape").casefold().encode(
+        "utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+cdef class HashFile:
+    """One mapped hash table file.
+
+    fold        lower-case lookup keys first (Postfix folds keys of hash: tables; postmap -f
+                does not)
+    smtputf8    full Unicode case folding of non-ASCII keys (ASCII only when off)
+    """
+
+    cdef HashView view
+    cdef const unsigned char* base
+    cdef size_t size
+    cdef readonly str path
+    cdef readonly bint fold
+    cdef readonly bint smtputf8
+    cdef bint closed
+    cdef int exports
+
+    def __cinit__(self, str path, bint fold=True, bint smtputf8=True):
+        self.base = NULL
+        self.size = 0
+        self.path = path
+        self.fold = fold
+        self.smtputf8 = smtputf8
+        self.closed = True
+        self.exports = 0
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise HashFileError(f"open database {path}: {error.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise HashFileError(f"{path}: not a pyfastmta hash table file "
+                                    f"(truncated: {size} bytes)")
+            self._map(fd, size)
+        finally:
+            os.close(fd)
+        self._check_header()
+        self.closed = False
+
+    cdef _map(self, int fd, size_t size):
+        cdef void* address = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+        if address == MAP_FAILED:
+            raise HashFileError(f"{self.path}: mmap: {os.strerror(errno)}")
+        # Lookups land anywhere in the file: read-ahead would only fetch pages nobody asked for.
+        madvise(address, size, MADV_RANDOM)
+        self.base = <const unsigned char*>address
+        self.size = size
+
+    cdef _check_header(self):
+        cdef const unsigned char* h = self.base
+        cdef uint64_t count, nslots, seed, data_offset, data_size
+        if memcmp(h, <const char*>b"PFMHASH\0", 8) != 0:
+            raise HashFileError(f"{self.path}: not a pyfastmta hash table file (bad magic number)")
+        if pfm_load64(h + 56) != pfm_hash(h, 56, 0):
+            raise HashFileError(f"{self.path}: damaged hash table file (header check failed)")
+        if pfm_load32(h + 8) != VERSION:
+            raise HashFileError(f"{self.path}: hash table file version {pfm_load32(h + 8)}, "
+                                f"this program reads version {VERSION}; run postmap again")
+        count = pfm_load64(h + 16)
+        nslots = pfm_load64(h + 24)
+        seed = pfm_load64(h + 32)
+        data_offset = pfm_load64(h + 40)
+        data_size = pfm_load64(h + 48)
+        if (nslots < 1 or nslots & (nslots - 1) or nslots > (<uint64_t>1 << 40) or count > nslots
+                or data_offset != HEADER_SIZE + nslots * 8 or data_size > MAX_DATA):
+            raise HashFileError(f"{self.path}: damaged hash table file (impossible header values)")
+        if data_offset + data_size != self.size:
+            raise HashFileError(f"{self.path}: damaged hash table file (size {self.size}, "
+                                f"header says {data_offset + data_size}: truncated or extended)")
+        self.view.slots = self.base + HEADER_SIZE
+        self.view.mask = nslots - 1
+        self.view.data = self.base + data_offset
+        self.view.data_size = data_size
+        self.view.seed = seed
+        self.view.count = count
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(<void*>self.base, self.size)
+            self.base = NULL
+
+    def close(self):
+        """No more lookups through this object. The mapping goes when no view capsule is left."""
+        self.closed = True
+        if self.exports == 0 and self.base != NULL:
+            munmap(<void*>self.base, self.size)
+            self.base = NULL
+
+    def __len__(self):
+        return self.view.count
+
+    @property
+    def slot_count(self):
+        return self.view.mask + 1
+
+    cdef inline int _check_open(self) except -1:
+        if self.closed:
+            raise HashFileError(f"{self.path}: lookup in a closed table")
+        return 0
+
+    def get(self, str key):
+        """The value for key (folded as the table says), or None."""
+        cdef Py_ssize_t n
+        cdef const unsigned char* raw
+        cdef unsigned char stack[KEY_STACK]
+        cdef unsigned char* folded = stack
+        cdef const unsigned char* value
+        cdef size_t value_len
+        cdef bytes encoded
+        cdef int found
+        self._check_open()
+        try:
+            raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
+        except UnicodeEncodeError:
+            encoded = key.encode("utf-8", "surrogateescape")
+            raw = <const unsigned char*>PyBytes_AS_STRING(encoded)
+            n = PyBytes_GET_SIZE(encoded)
+        if self.fold:
+            if n > KEY_STACK:
+                folded = <unsigned char*>malloc(n)
+                if folded == NULL:
+                    raise MemoryError()
+            if ascii_fold(raw, n, folded) and self.smtputf8:
+                if folded != stack:
+                    free(folded)
+                encoded = _unicode_fold(raw, n)
+                return self._get_bytes(encoded)
+            found = hashview_find(&self.view, folded, n, &value, &value_len)
+            if folded != stack:
+                free(folded)
+        else:
+            found = hashview_find(&self.view, raw, n, &value, &value_len)
+        if found == 1:
+            return PyUnicode_DecodeUTF8(<const char*>value, value_len, "surrogateescape")
+        if found < 0:
+            raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
+        return None
+
+    def get_bytes(self, bytes key):
+        """The value's bytes for key as given (no folding), or None."""
+        self._check_open()
+        return self._get_bytes(key)
+
+    cdef _get_bytes(self, bytes key):
+        cdef const unsigned char* value
+        cdef size_t value_len
+        cdef int found = hashview_find(&self.view, <const unsigned char*>PyBytes_AS_STRING(key),
+                                       PyBytes_GET_SIZE(key), &value, &value_len)
+        if found == 1:
+            return PyUnicode_DecodeUTF8(<const char*>value, value_len, "surrogateescape")
+        if found < 0:
+            raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
+        return None
+
+    def records(self):
+        """(key bytes, value bytes) of every entry, in slot order."""
+        cdef uint64_t index, slot, offset, klen, vlen
+        cdef const unsigned char* record
+        self._check_open()
+        for index in range(self.view.mask + 1):
+            slot = pfm_load64(self.view.slots + index * 8)
+            if slot == 0:
+                continue
+            offset = (slot & PFM_OFFSET_MASK) - 1
+            if offset + 8 > self.view.data_size:
+                raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
+            record = self.view.data + offset
+            klen = pfm_load32(record)
+            vlen = pfm_load32(record + 4)
+            if offset + 8 + klen + vlen > self.view.data_size:
+                raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
+            yield (PyBytes_FromStringAndSize(<const char*>record + 8, klen),
+                   PyBytes_FromStringAndSize(<const char*>record + 8 + klen, vlen))
+
+    def items(self):
+        """(key, value) strings of every entry, in slot order (postmap -s)."""
+        for key, value in self.records():
+            yield key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+
+    def view_capsule(self):
+        """A capsule holding this file's HashView for hashview_from_capsule() in other Cython
+        modules; the mapping stays valid while the capsule lives, even after close()."""
+        self._check_open()
+        capsule = PyCapsule_New(<void*>&self.view, "pyfastmta._ext.hashtable.HashView",
+                                _capsule_gone)
+        PyCapsule_SetContext(capsule, <void*>self)
+        Py_INCREF(self)
+        self.exports += 1
+        return capsule
+
+
+cdef void _capsule_gone(object capsule) noexcept:
+    cdef HashFile owner = <HashFile>PyCapsule_GetContext(capsule)
+    owner.exports -= 1
+    if owner.closed and owner.exports == 0 and owner.base != NULL:
+        munmap(<void*>owner.base, owner.size)
+        owner.base = NULL
+    Py_DECREF(owner)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+cdef enum Duplicates:
+    DUP_WARN = 0      # keep the first value, warn (postmap's default)
+    DUP_REPLACE = 1   # keep the last value (postmap -r)
+    DUP_IGNORE = 2    # keep the first value quietly (postmap -w)
+
+
+cdef struct Growable:
+    unsigned char* data
+    size_t size
+    size_t capacity
+
+
+cdef int grow(Growable* buf, size_t extra) except -1:
+    cdef size_t capacity
+    cdef unsigned char* grown
+    if buf.size + extra <= buf.capacity:
+        return 0
+    capacity = buf.capacity * 2 if buf.capacity else 65536
+    while capacity < buf.size + extra:
+        capacity *= 2
+    grown = <unsigned char*>realloc(buf.data, capacity)
+    if grown == NULL:
+        raise MemoryError()
+    buf.data = grown
+    buf.capacity = capacity
+    return 0
+
+
+cdef int append(Growable* buf, const unsigned char* p, size_t n) except -1:
+    grow(buf, n)
+    memcpy(buf.data + buf.size, p, n)
+    buf.size += n
+    return 0
+
+
+cdef int write_all(int fd, const unsigned char* p, size_t n) except -1:
+    cdef ssize_t done
+    while n:
+        with nogil:
+            done = write(fd, p, n if n < (1 << 30) else (1 << 30))
+        if done < 0:
+            if errno == EINTR:
+                continue
+            raise OSError(errno, os.strerror(errno))
+        p += done
+        n -= done
+    return 0
+
+
+cdef class HashWriter:
+    """Entries collected in memory and written as one hash table file.
+
+    Keys are stored as given (add()) or folded as postmap folds them (add_source()). A key given
+    twice keeps its first value with a warning, unless on_duplicate is "replace" (the last value
+    wins, postmap -r) or "ignore" (the first wins quietly, postmap -w).
+    """
+
+    cdef Growable data           # the records
+    cdef Growable index          # per record: hash u64, offset u64, line u64
+    cdef Growable scratch        # a logical line joined from continuation lines
+    cdef Growable keybuf         # a folded key
+    cdef int duplicates
+    cdef readonly list warnings
+    cdef readonly str label
+
+    def __cinit__(self, str on_duplicate="warn", str label=""):
+        memset(&self.data, 0, sizeof(Growable))
+        memset(&self.index, 0, sizeof(Growable))
+        memset(&self.scratch, 0, sizeof(Growable))
+        memset(&self.keybuf, 0, sizeof(Growable))
+        modes = {"warn": DUP_WARN, "replace": DUP_REPLACE, "ignore": DUP_IGNORE}
+        if on_duplicate not in modes:
+            raise ValueError(f"on_duplicate: one of {', '.join(modes)}")
+        self.duplicates = modes[on_duplicate]
+        self.warnings = []
+        self.label = label
+
+    def __dealloc__(self):
+        free(self.data.data)
+        free(self.index.data)
+        free(self.scratch.data)
+        free(self.keybuf.data)
+
+    def __len__(self):
+        """Entries added so far, repeated keys included."""
+        return self.index.size // 24
+
+    cdef int _add(self, const unsigned char* key, size_t klen, const unsigned char* value,
+                  size_t vlen, uint64_t line) except -1:
+        cdef uint64_t entry[3]
+        cdef unsigned char lengths[8]
+        if klen > 0xffffffff or vlen > 0xffffffff:
+            raise HashFileError(f"{self.label}:{line}: entry longer than 4 GiB")
+        if self.data.size + 8 + klen + vlen > MAX_DATA:
+            raise HashFileError(f"{self.label}: table larger than 1 TiB")
+        entry[0] = pfm_hash(key, klen, 0)  # rehashed with the file's seed when written
+        entry[1] = self.data.size
+        entry[2] = line
+        store32(lengths, <uint32_t>klen)
+        store32(lengths + 4, <uint32_t>vlen)
+        grow(&self.data, 8 + klen + vlen)
+        memcpy(self.data.data + self.data.size, lengths, 8)
+        memcpy(self.data.data + self.data.size + 8, key, klen)
+        memcpy(self.data.data + self.data.size + 8 + klen, value, vlen)
+        self.data.size += 8 + klen + vlen
+        append(&self.index, <unsigned char*>entry, 24)
+        return 0
+
+    def add(self, bytes key, bytes value, uint64_t line=0):
+        """One entry; key exactly as it will be looked up (already folded)."""
+        self._add(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                  <const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), line)
+
+    def add_source(self, const unsigned char[:] source, bint fold=True, bint smtputf8=True):
+        """Entries in postmap's source syntax. Lines postmap would skip are skipped with its
+        warning (in self.warnings, as "label:line: text"): a line that starts a table with
+        white space, a logical line without a value, an unbalanced quote, non-UTF-8 text when
+        smtputf8_enable is on. Returns the number of entries added."""
+        cdef const unsigned char* p = &source[0] if source.shape[0] else NULL
+        cdef size_t n = source.shape[0]
+        cdef size_t pos = 0, end, first, length
+        cdef const unsigned char* newline
+        cdef const unsigned char* current = NULL
+        cdef size_t current_len = 0
+        cdef uint64_t line = 0, current_line = 0
+        cdef bint joined = False, orphan = False
+        cdef size_t added = 0
+        while pos < n:
+            newline = <const unsigned char*>memchr(p + pos, 10, n - pos)
+            end = (newline - p) if newline != NULL else n
+            line += 1
+            length = end - pos
+            first = 0
+            while first < length and is_space(p[pos + first]):
+                first += 1
+            if first == length or p[pos + first] == 35:  # blank, or a comment
+                pos = end + 1
+                continue
+            if first > 0:
+                if current == NULL:
+                    # Nothing to continue: postmap warns and drops the line.
+                    self.warnings.append(f"{self.label}:{line}: logical line must not start "
+                                         f'with whitespace: "{_display(p[pos:end])}"')
+                    pos = end + 1
+                    continue
+                if not joined:
+                    self.scratch.size = 0
+                    append(&self.scratch, current, current_len)
+                    joined = True
+                append(&self.scratch, p + pos, length)
+                pos = end + 1
+                continue
+            if current != NULL:
+                added += self._entry(self.scratch.data if joined else current,
+                                     self.scratch.size if joined else current_len,
+                                     current_line, fold, smtputf8)
+            current = p + pos
+            current_len = length
+            current_line = line
+            joined = False
+            pos = end + 1
+        if current != NULL:
+            added += self._entry(self.scratch.data if joined else current,
+                                 self.scratch.size if joined else current_len,
+                                 current_line, fold, smtputf8)
+        return added
+
+    cdef int _entry(self, const unsigned char* text, size_t n, uint64_t line, bint fold,
+                    bint smtputf8) except -1:
+        """One logical line `key whitespace value`; 1 when it became an entry, 0 when skipped."""
+        cdef size_t k = 0, v, vend
+        cdef bint quoted = False
+        cdef unsigned char c
+        cdef bytes folded
+        if smtputf8 and has_high(text, n):
+            try:
+                PyUnicode_DecodeUTF8(<const char*>text, n, NULL)
+            except UnicodeDecodeError:
+                self.warnings.append(f'{self.label}:{line}: non-UTF-8 input "{_display(<const unsigned char[:n]>text)}" '
+                                     "-- ignoring this line")
+                return 0
+        # The key ends at the first white space outside double quotes; a backslash takes the
+        # next character as it is (postmap keeps the quotes and backslashes in the key).
+        while k < n:
+            c = text[k]
+            if c == 92:
+                k += 2
+                continue
+            if c == 34:
+                quoted = not quoted
+            elif not quoted and is_space(c):
+                break
+            k += 1
+        if k > n:
+            k = n
+        if quoted:
+            self.warnings.append(f"{self.label}:{line}: unbalanced '\"' in "
+                                 f"'{_display(<const unsigned char[:n]>text)}' -- ignoring this line")
+            return 0
+        v = k
+        while v < n and is_space(text[v]):
+            v += 1
+        vend = n
+        while vend > v and is_space(text[vend - 1]):
+            vend -= 1
+        if vend == v:
+            self.warnings.append(f"{self.label}:{line}: expected format: key whitespace value")
+            return 0
+        if text[k - 1] == 58:
+            self.warnings.append(f'{self.label}:{line}: record is in "key: value" format; '
+                                 "is this an alias file?")
+        if not fold:
+            self._add(text, k, text + v, vend - v, line)
+            return 1
+        self.keybuf.size = 0
+        grow(&self.keybuf, k)
+        if ascii_fold(text, k, self.keybuf.data) and smtputf8:
+            folded = _unicode_fold(text, k)
+            self._add(<const unsigned char*>PyBytes_AS_STRING(folded), PyBytes_GET_SIZE(folded),
+                      text + v, vend - v, line)
+        else:
+            self._add(self.keybuf.data, k, text + v, vend - v, line)
+        return 1
+
+    def write(self, str path, int mode=0o644, bint sync=True):
+        """Write the table to a temporary file beside path, then rename it over path, so a
+        reader sees either the old table or the new one. Returns the number of entries."""
+        cdef uint64_t records = self.index.size // 24
+        cdef uint64_t nslots = 16
+        cdef uint64_t seed
+        cdef uint64_t* slots
+        cdef uint64_t* entry
+        cdef uint64_t i, h, at, fingerprint, slot, offset, live = 0
+        cdef list duplicates = []
+        while nslots * 3 < records * 4:  # load factor at most 3/4
+            nslots *= 2
+        seed = int.from_bytes(os.urandom(8), "little") | 1
+        slots = <uint64_t*>calloc(nslots, 8)
+        if slots == NULL:
+            raise MemoryError()
+        try:
+            for i in range(records):
+                entry = <uint64_t*>(self.index.data + i * 24)
+                offset = entry[1]
+                h = pfm_hash(self.data.data + offset + 8, pfm_load32(self.data.data + offset), seed)
+                at = h & (nslots - 1)
+                fingerprint = h >> PFM_FP_SHIFT
+                while True:
+                    slot = slots[at]
+                    if slot == 0:
+                        slots[at] = (fingerprint << PFM_FP_SHIFT) | (offset + 1)
+                        live += 1
+                        break
+                    if (slot >> PFM_FP_SHIFT) == fingerprint and self._same_key(
+                            (slot & PFM_OFFSET_MASK) - 1, offset):
+                        if self.duplicates == DUP_REPLACE:
+                            slots[at] = (fingerprint << PFM_FP_SHIFT) | (offset + 1)
+                        elif self.duplicates == DUP_WARN:
+                            duplicates.append((offset, entry[2]))
+                        break
+                    at = (at + 1) & (nslots - 1)
+            for offset, line in duplicates:
+                klen = pfm_load32(self.data.data + offset)
+                key = PyBytes_FromStringAndSize(<const char*>self.data.data + offset + 8, klen)
+                where = f"{self.label}:{line}" if line else self.label
+                self.warnings.append(f'{where}: duplicate entry: "{key.decode("utf-8", "replace")}"')
+            for i in range(nslots):
+                slots[i] = PFM_LE64(slots[i])
+            header = _header(live, nslots, seed, self.data.size)
+            directory, name = os.path.split(os.path.abspath(path))
+            temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            except OSError as error:
+                raise HashFileError(f"create {temporary}: {error.strerror}") from None
+            try:
+                try:
+                    os.fchmod(fd, mode)  # exactly mode, whatever the umask
+                    write_all(fd, <const unsigned char*>PyBytes_AS_STRING(header), HEADER_SIZE)
+                    write_all(fd, <const unsigned char*>slots, nslots * 8)
+                    if self.data.size:
+                        write_all(fd, self.data.data, self.data.size)
+                    if sync and fsync(fd) != 0:
+                        raise OSError(errno, os.strerror(errno))
+                finally:
+                    os.close(fd)
+                os.rename(temporary, path)
+            except OSError as error:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+                raise HashFileError(f"write {path}: {error.strerror or error}") from None
+        finally:
+            free(slots)
+        return live
+
+    cdef bint _same_key(self, uint64_t a, uint64_t b) noexcept:
+        cdef uint32_t alen = pfm_load32(self.data.data + a)
+        return alen == pfm_load32(self.data.data + b) and memcmp_eq(
+            self.data.data + a + 8, self.data.data + b + 8, alen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark support
+
+def bench_lookups(HashFile table, list keys, int rounds=1, int batch=0):
+    """Search every key (ASCII, folded as the table folds) `rounds` times at the C level, as a
+    Cython caller would: one hashview_find() per key, or with batch > 0 hashview_find_many() over
+    batches of that many keys. Returns the number of keys found; no Python object is made per
+    lookup."""
+    cdef Py_ssize_t i, j, m, n, count = len(keys)
+    cdef int r
+    cdef const unsigned char* raw
+    cdef unsigned char folded[KEY_STACK]
+    cdef unsigned char* area
+    cdef HashQuery queries[64]
+    cdef const unsigned char* value
+    cdef size_t value_len
+    cdef Py_ssize_t found = 0
+    cdef object key
+    table._check_open()
+    if batch > 64:
+        batch = 64
+    if batch > 0:
+        area = <unsigned char*>malloc(batch * KEY_STACK)
+        if area == NULL:
+            raise MemoryError()
+    try:
+        for r in range(rounds):
+            if batch > 0:
+                i = 0
+                while i < count:
+                    m = 0
+                    while m < batch and i < count:
+                        key = keys[i]
+                        i += 1
+                        raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
+                        if n > KEY_STACK:
+                            continue
+                        if table.fold:
+                            ascii_fold(raw, n, area + m * KEY_STACK)
+                            queries[m].key = area + m * KEY_STACK
+                        else:
+                            queries[m].key = raw
+                        queries[m].key_len = n
+                        m += 1
+                    hashview_find_many(&table.view, queries, m)
+                    for j in range(m):
+                        found += queries[j].found == 1
+                continue
+            for i in range(count):
+                key = keys[i]
+                raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
+                if n > KEY_STACK:
+                    continue
+                if table.fold:
+                    ascii_fold(raw, n, folded)
+                    found += hashview_find(&table.view, folded, n, &value, &value_len) == 1
+                else:
+                    found += hashview_find(&table.view, raw, n, &value, &value_len) == 1
+    finally:
+        if batch > 0:
+            free(area)
+    return found
