@@ -14,6 +14,10 @@ commands:
   postqueue -f | flush   try every deferred message now
   postqueue -s SITE      try the deferred mail for SITE now
   postcat [-ebh] -q ID   show a queued message
+  postmap [-fioprsuw] [-q key | -q - | -d key | -d -] [type:]file ...
+                         compile a hash: table, or query, list, change tables
+  postalias [options] [type:]file ...   the same for aliases(5) files
+  newaliases             compile $alias_database
 """
 
 
@@ -41,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         from pyfastmta.cli import postconf
 
         return postconf.run(rest, config_dir)
+    if command in ("postmap", "postalias"):
+        from pyfastmta.cli import postmap
+
+        return postmap.run(rest, config_dir, command)
+    if command == "newaliases":
+        from pyfastmta.cli import postmap
+
+        return postmap.run_newaliases(rest, config_dir)
     try:
         config = load_config(config_dir)
     except ConfigError as error:

@@ -262,6 +262,10 @@ _TABLE = [
               "Most recipients one virtual alias expands to.", minimum=1),
     Parameter("propagate_unmatched_extensions", LIST, "canonical, virtual",
               "Tables whose results get the address extension that their lookup cut off."),
+    Parameter("alias_maps", LIST, "hash:/etc/aliases, nis:mail.aliases",
+              "Alias tables of local delivery (aliases(5))."),
+    Parameter("alias_database", LIST, "hash:/etc/aliases",
+              "Alias tables that newaliases builds."),
     # Delivery: next hops (trivial-rewrite).
     Parameter("relayhost", STRING, "",
               "Next hop for mail of the default address class; empty: the recipient domain's MX hosts."),

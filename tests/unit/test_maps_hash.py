@@ -1,0 +1,396 @@
+"""hash: tables against Postfix: the same source compiled by Postfix's postmap (Berkeley DB) and by
+ours (ext/hashtable), the same keys asked of both with `postmap -q -`, the same answers. Also the
+file format's defences: a damaged file gives an error naming it, never a crash."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyfastmta._ext.hashtable import HashFile, HashFileError, HashWriter, bench_lookups
+from pyfastmta.maps import Maps, TableError, open_table
+from pyfastmta.maps.aliases import compile_aliases
+from pyfastmta.maps.hashfile import compile_source, database_path, open_hash
+from pyfastmta.maps.registry import TableOptions
+
+POSTMAP = shutil.which("postmap", path="/usr/sbin:/usr/bin") or "/usr/sbin/postmap"
+POSTALIAS = shutil.which("postalias", path="/usr/sbin:/usr/bin") or "/usr/sbin/postalias"
+
+
+def postfix_dir(root, smtputf8=True):
+    """A private Postfix configuration, so that Postfix never reads /etc/postfix."""
+    directory = os.path.join(root, f"postfix-{'utf8' if smtputf8 else 'ascii'}")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "main.cf"), "w") as handle:
+        handle.write(f"compatibility_level = 3.6\nsmtputf8_enable = {'yes' if smtputf8 else 'no'}\n")
+    # Postfix waits while main.cf is younger than a second or so; an old time stamp spares that.
+    old = time.time() - 60
+    os.utime(os.path.join(directory, "main.cf"), (old, old))
+    return directory
+
+
+def postfix_answers(program, config, spec, keys):
+    """What Postfix's postmap/postalias -q - finds for keys: {key: value}."""
+    separator = ":\t" if program == POSTALIAS else "\t"
+    data = "".join(key + "\n" for key in keys).encode("utf-8", "surrogateescape")
+    result = subprocess.run([program, "-c", config, "-q", "-", spec], input=data,
+                            capture_output=True, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    answers = {}
+    for line in result.stdout.decode("utf-8", "surrogateescape").split("\n"):
+        if line:
+            key, _, value = line.partition(separator)
+            answers[key] = value
+    return answers
+
+
+def our_answers(spec, keys, smtputf8=True):
+    table = open_table(spec, TableOptions(smtputf8_enable=smtputf8))
+    try:
+        return {key: value for key in keys if (value := table.get(key)) is not None}
+    finally:
+        table.close()
+
+
+def compile_both(tmp, text, smtputf8=True):
+    """The source in two directories (Postfix's .db and ours must not share a name space)."""
+    paths = []
+    for side in ("postfix", "ours"):
+        os.makedirs(os.path.join(tmp, side), exist_ok=True)
+        path = os.path.join(tmp, side, "table")
+        with open(path, "wb") as handle:
+            handle.write(text if isinstance(text, bytes) else text.encode("utf-8"))
+        paths.append(path)
+    config = postfix_dir(tmp, smtputf8)
+    subprocess.run([POSTMAP, "-c", config, f"hash:{paths[0]}"], check=True, capture_output=True)
+    compile_source(paths[1], smtputf8=smtputf8, sync=False)
+    return config, paths
+
+
+def variants(key):
+    """The key as written, and as a client might ask for it."""
+    return {key, key.upper(), key.lower(), key.title(), key.swapcase(), key + "x", key[:-1]}
+
+
+EDGE_SOURCE = (
+    "# comment\n"
+    "Foo   bar  baz  \n"
+    '"a b"  quoted value\n'
+    '"x\\"y"  esc\n'
+    '"a\\\\b"  bs\n'
+    "  # indented comment\n"
+    "cont  first\n"
+    "  second\n"
+    " third\n"
+    "\n"
+    "nokey\n"
+    "dup 1\n"
+    "DUP 2\n"
+    "Ünï  utf\n"
+    "key:  colon\n"
+    '"unterminated  v\n'
+    'a"b  mid\n'
+    '"q"x  tail\n'
+    "a\\ b v1\n"
+    'a"b c"d v2\n'
+    "k1\tv1\r\n"
+    "k2 v2\r\n"
+    "\x0bk3 v3\n"
+    "k4\x0bv4\n"
+    "Kß v8\n"
+    "ẞ v9\n"
+    '"" empty\n'
+    "k3\\  v3\n"
+    "k4\\\n"
+    "user+ext@Example.COM  relay:[mx.example.net]:2525\n"
+    "@example.org  OK\n"
+    "192.168.1  REJECT\n"
+    "2001:db8::1  DUNNO\n"
+    "İstanbul  city\n"
+)
+
+
+def edge_keys():
+    keys = set()
+    for line in EDGE_SOURCE.splitlines():
+        word = line.split(" ")[0].split("\t")[0].split("\x0b")[0].strip()
+        if word and not word.startswith("#"):
+            keys |= variants(word)
+    keys |= {'"a b"', "a b", 'x"y', "a\\ b", "ss", "kss", "KSS", "k3\\ ", "k4\\", "nope", ""}
+    return sorted(k for k in keys if "\n" not in k and "\t" not in k and k)
+
+
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_edge_cases_match_postfix(tmp_path, smtputf8):
+    source = EDGE_SOURCE.encode() + b"k5 \xff\xfe\n\xc3\xa9\xff v6\n  lead value\n"
+    config, (theirs, ours) = compile_both(str(tmp_path), b"  lead\n" + source, smtputf8)
+    keys = edge_keys()
+    expected = postfix_answers(POSTMAP, config, f"hash:{theirs}", keys)
+    assert our_answers(f"hash:{ours}", keys, smtputf8) == expected
+    assert len(expected) > 20  # the comparison covered real entries, not only misses
+
+
+def test_thousands_of_generated_keys_match_postfix(tmp_path):
+    rng = random.Random(4)
+    words = ["alice", "Bob", "postmaster", "ÉLISE", "straße", "info", "x"]
+    domains = ["example.com", "Example.ORG", "sub.example.net", "bücher.de", "[10.0.0.1]"]
+    lines, keys = [], []
+    for i in range(4000):
+        shape = rng.randrange(5)
+        if shape == 0:
+            key = f"{rng.choice(words)}{i}@{rng.choice(domains)}"
+        elif shape == 1:
+            key = f"@{i}.{rng.choice(domains)}"
+        elif shape == 2:
+            key = f"{rng.choice(words)}+ext{i}"
+        elif shape == 3:
+            key = f"10.{i % 256}.{i // 256}"
+        else:
+            key = f"{rng.choice(domains)}{i}"
+        value = rng.choice(["OK", "REJECT no", "smtp:[relay.example.net]:25", f"value {i}  spaced"])
+        lines.append(f"{key}\t{value}")
+        if rng.random() < 0.2:
+            lines.append(f"  continued{i}")
+        if rng.random() < 0.05:
+            lines.append("# a comment between")
+        keys.extend(variants(key))
+    keys.extend(f"missing{i}@example.com" for i in range(2000))
+    config, (theirs, ours) = compile_both(str(tmp_path), "\n".join(lines) + "\n")
+    expected = postfix_answers(POSTMAP, config, f"hash:{theirs}", keys)
+    assert len(expected) >= 4000
+    assert our_answers(f"hash:{ours}", keys) == expected
+
+
+# Characters that make postmap's source syntax interesting: quotes, backslashes, white space,
+# case, non-ASCII letters with and without a simple lower case.
+KEY_ALPHABET = st.sampled_from(list("aAbBzZ09@.-+_:\"\\ éÉßẞÜüåÅçΣσς") + ["\t", "#"])
+VALUE_ALPHABET = st.sampled_from(list("aZ09 @.:[]-,\"\\é#"))
+
+
+@st.composite
+def sources(draw):
+    entries = draw(st.lists(st.tuples(st.text(KEY_ALPHABET, min_size=1, max_size=8),
+                                      st.text(VALUE_ALPHABET, max_size=10),
+                                      st.sampled_from(["", "\n  cont", "\n#c\n more", "\r"])),
+                            min_size=1, max_size=25))
+    lines = []
+    for key, value, tail in entries:
+        separator = draw(st.sampled_from([" ", "\t", "  "]))
+        lines.append(f"{key}{separator}{value}{tail}")
+        if draw(st.booleans()):
+            lines.append(draw(st.sampled_from(["", "# comment", "   ", "\t# indented"])))
+    return "\n".join(lines) + "\n", [key for key, _, _ in entries]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sources())
+def test_generated_sources_match_postfix(tmp_path_factory, generated):
+    text, written = generated
+    tmp = str(tmp_path_factory.mktemp("hyp"))
+    config, (theirs, ours) = compile_both(tmp, text)
+    keys = set()
+    for key in written:
+        keys |= variants(key)
+        keys |= {key.split(" ")[0], key.strip('"')}
+    keys = sorted(k for k in keys if k and "\n" not in k and "\t" not in k)
+    expected = postfix_answers(POSTMAP, config, f"hash:{theirs}", keys)
+    assert our_answers(f"hash:{ours}", keys) == expected
+
+
+ALIASES = """\
+# aliases
+postmaster: root
+root:  alice,  bob ,
+   carol
+Root2 : x
+"a b": y
+"c d" : z
+:novalue
+nocolon value
+empty:
+q"x y": w
+key:with: colon
+owner-list: me
+list: :include:/etc/list
+  ,
+\tfoo
+a2: user@example.com
+a4: a , b ,c
+a5: "|/usr/bin/cmd arg"
+a6: |/usr/bin/cmd
+a8: /var/mail/file
+a9: a b
+a10: (comment) user
+a11: Name <user@x>
+a12: a,,b
+a13: a,
+a14: "quoted local"@example.com
+a15: user@[1.2.3.4]
+a17: a . b
+a18: \\root
+a19: "a\\"b"
+a21:x
+a22: a;b
+a23: é@ü.de
+a25 : a : b
+a26: <>
+a27: "x" y
+a28: 'a b'
+a31: a(c)b
+a32: :include: /etc/list
+"a33"x: v
+a\\35: v
+a@36: v
+a%37: v
+a38: "a
+a39: a\\ b
+a40: a\tb
+a41: "|exec /x/y"  ,  z
+Dup: first
+dup: second
+"""
+
+
+def test_postalias_matches_postfix(tmp_path):
+    paths = []
+    for side in ("postfix", "ours"):
+        os.makedirs(tmp_path / side)
+        path = str(tmp_path / side / "aliases")
+        with open(path, "w") as handle:
+            handle.write(ALIASES)
+        paths.append(path)
+    config = postfix_dir(str(tmp_path))
+    subprocess.run([POSTALIAS, "-c", config, f"hash:{paths[0]}"], check=True, capture_output=True)
+    _, warnings = compile_aliases(paths[1])
+    names = set()
+    for line in ALIASES.splitlines():
+        if ":" in line and not line[0].isspace():
+            names |= variants(line.partition(":")[0].strip().strip('"'))
+    names |= {"@", "a 24", "q x y", "a33 x", "a35", "key", "list"}
+    keys = sorted(k for k in names if k and "\t" not in k)
+    expected = postfix_answers(POSTALIAS, config, f"hash:{paths[0]}", keys)
+    assert our_answers(f"hash:{paths[1]}", keys) == expected
+    assert len(expected) > 30
+    assert any("name must be local" in warning for warning in warnings)
+    assert any('duplicate entry: "dup"' in warning for warning in warnings)
+
+
+def make_table(tmp_path, text="alpha 1\nBeta 2\ngamma three words\n"):
+    path = str(tmp_path / "table")
+    with open(path, "w") as handle:
+        handle.write(text)
+    compile_source(path, sync=False)
+    return path
+
+
+def test_missing_database_says_how_to_make_it(tmp_path):
+    with pytest.raises(TableError, match="run pyfastmta postmap hash:"):
+        open_table(f"hash:{tmp_path}/none")
+
+
+def test_source_newer_than_database_warns(tmp_path):
+    path = make_table(tmp_path)
+    os.utime(database_path(path), ns=(1_000_000_000, 1_000_000_000))
+    table = open_table(f"hash:{path}")
+    assert table.warnings == [f"database {path}.pfm is older than source file {path}"]
+    assert table.get("BETA") == "2"
+
+
+def test_replaced_database_is_picked_up(tmp_path, monkeypatch):
+    path = make_table(tmp_path)
+    maps = Maps("transport_maps", [f"hash:{path}"], open_table)
+    assert maps.get("alpha") == "1"
+    with open(path, "w") as handle:
+        handle.write("alpha changed\n")
+    compile_source(path, sync=False)
+    assert maps.tables[0].changed()
+    import pyfastmta.maps.table as table_module
+
+    monkeypatch.setattr(table_module, "_CHECK_INTERVAL", 0.0)
+    maps._next_check = 0
+    assert maps.get("alpha") == "changed"
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "magic", "header", "extended", "slot",
+                                    "record"])
+def test_damaged_file_is_a_clean_error(tmp_path, damage):
+    path = make_table(tmp_path)
+    db = database_path(path)
+    data = bytearray(open(db, "rb").read())
+    nslots = int.from_bytes(data[24:32], "little")
+    if damage == "empty":
+        data = bytearray()
+    elif damage == "truncated":
+        data = data[:-3]
+    elif damage == "magic":
+        data[0:8] = b"NOTAHASH"
+    elif damage == "header":
+        data[16] ^= 1  # the entry count, caught by the header check
+    elif damage == "extended":
+        data += b"\0" * 100
+    else:
+        for index in range(nslots):
+            at = 64 + index * 8
+            slot = int.from_bytes(data[at:at + 8], "little")
+            if slot:
+                if damage == "slot":  # points far past the end of the file
+                    data[at:at + 8] = ((slot >> 40 << 40) | (1 << 39)).to_bytes(8, "little")
+                else:  # the record it points to claims a huge key
+                    offset = 64 + nslots * 8 + (slot & ((1 << 40) - 1)) - 1
+                    data[offset:offset + 4] = (0xFFFFFFF0).to_bytes(4, "little")
+    with open(db, "wb") as handle:
+        handle.write(data)
+    if damage in ("slot", "record"):
+        # The header is sound, so the file opens; the lookups that land on the damage fail.
+        table = open_table(f"hash:{path}")
+        with pytest.raises(HashFileError, match=db):
+            for key in ("alpha", "beta", "gamma"):
+                table.get(key)
+        with pytest.raises(HashFileError, match=db):
+            list(table.items())
+        return
+    with pytest.raises(TableError, match=db):
+        open_table(f"hash:{path}")
+
+
+def test_c_level_search_and_its_lifetime(tmp_path):
+    path = make_table(tmp_path)
+    file = HashFile(database_path(path))
+    keys = ["alpha", "BETA", "gamma", "delta"] * 50
+    assert bench_lookups(file, keys) == 150
+    assert bench_lookups(file, keys, 2, 16) == 300
+    capsule = file.view_capsule()
+    file.close()
+    with pytest.raises(HashFileError, match="closed"):
+        file.get("alpha")
+    del capsule  # the mapping goes with the last capsule; nothing left to crash on
+
+
+def test_writer_duplicates_and_large_keys(tmp_path):
+    for mode, expected in (("warn", "first"), ("ignore", "first"), ("replace", "last")):
+        writer = HashWriter(mode, "label")
+        writer.add(b"k", b"first", 1)
+        writer.add(b"k", b"last", 2)
+        long_key = b"k" * 5000
+        writer.add(long_key, b"long")
+        path = str(tmp_path / f"{mode}.pfm")
+        assert writer.write(path, 0o600, False) == 2
+        assert bool(writer.warnings) == (mode == "warn")
+        file = HashFile(path)
+        assert file.get("K") == expected
+        assert file.get("K" * 5000) == "long"
+        assert len(file) == 2
+        file.close()
+
+
+def test_empty_table(tmp_path):
+    path = make_table(tmp_path, "# nothing\n")
+    table = open_hash(path, TableOptions())
+    assert len(table) == 0 and table.get("x") is None and list(table.items()) == []
