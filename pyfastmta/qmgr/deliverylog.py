@@ -1,6 +1,7 @@
 """Delivery log lines in Postfix's format, which log tools (pflogsumm and friends) parse:
 
     ID: to=<rcpt>, relay=host[addr]:port, delay=1.2, delays=0.01/0/0.3/0.9, dsn=2.0.0, status=sent (250 ...)
+    ID: to=<rcpt>, orig_to=<as received>, relay=...     (when rewriting changed the recipient)
 
 delays are: before the queue manager (arrival to active), in the queue manager (active to
 delivery), connection setup (DNS, connect, greeting, HELO, TLS), and transmission.
@@ -22,9 +23,10 @@ def format_delay(seconds: float) -> str:
 
 
 def recipient_line(queue_id: str, address: str, *, relay: str, delay: float, delays: tuple[float, float, float, float],
-                   dsn: str, status: str, reason: str, conn_use: int = 0) -> str:
+                   dsn: str, status: str, reason: str, conn_use: int = 0, original: str | None = None) -> str:
     a, b, c, d = delays
     reuse = f", conn_use={conn_use}" if conn_use > 1 else ""
-    return (f"{queue_id}: to=<{address}>, relay={relay}{reuse}, delay={format_delay(delay)},"
+    orig = f", orig_to=<{original}>" if original and original != address else ""
+    return (f"{queue_id}: to=<{address}>{orig}, relay={relay}{reuse}, delay={format_delay(delay)},"
             f" delays={format_delay(a)}/{format_delay(b)}/{format_delay(c)}/{format_delay(d)},"
             f" dsn={dsn}, status={status} ({reason})")

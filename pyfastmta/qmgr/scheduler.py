@@ -464,10 +464,11 @@ class Scheduler:
         arrival = entry.envelope.arrival_time
         setup = min(max(outcome.setup_time, 0.0), max(end - start, 0.0))
         delays = (message.active_time - arrival, start - message.active_time, setup, end - start - setup)
+        recipient = entry.envelope.recipients[outcome.index]
         self._log(program, recipient_line(
-            entry.queue_id, entry.envelope.recipients[outcome.index].address, relay=outcome.relay,
+            entry.queue_id, recipient.address, relay=outcome.relay,
             delay=now - arrival, delays=delays, dsn=outcome.dsn, status=outcome.status, reason=outcome.reason,
-            conn_use=outcome.conn_use))
+            conn_use=outcome.conn_use, original=recipient.original))
         if outcome.status == "bounced":
             message.bounced.append(outcome)
         elif outcome.status == "deferred":

@@ -103,7 +103,9 @@ class Harness:
         self.task = asyncio.get_running_loop().create_task(self.scheduler.run())
 
     async def queue(self, recipients, sender="alice@example.org", arrival_time=None):
-        envelope = Envelope(self.partition.new_queue_id(), sender, [Recipient(r) for r in recipients],
+        """recipients: addresses, or Recipient records."""
+        envelope = Envelope(self.partition.new_queue_id(), sender,
+                            [r if isinstance(r, Recipient) else Recipient(r) for r in recipients],
                             arrival_time or time.time())
         content = f"Subject: to {recipients[0]}\r\n\r\nbody\r\n".encode()
         envelope.size = len(content)
@@ -157,6 +159,21 @@ def test_delivers_logs_and_removes(run, tmp_path):
         # The removed messages' segments may go; a reopened queue is empty.
         reopened = Partition(str(tmp_path), 0)
         assert reopened.recover().messages == 0
+
+    run(main())
+
+
+def test_a_rewritten_recipient_is_logged_with_orig_to(run, tmp_path):
+    async def main():
+        h = Harness(tmp_path, Agent())
+        h.start()
+        queue_id = await h.queue([Recipient("new@a.test", original="old@a.test"), Recipient("same@a.test")])
+        await h.until(lambda: not h.partition.entries)
+        await h.settled()
+        await h.close()
+        lines = [t for t in h.texts("smtp") if t.startswith(f"{queue_id}: to=")]
+        assert any(t.startswith(f"{queue_id}: to=<new@a.test>, orig_to=<old@a.test>, relay=") for t in lines)
+        assert any(t.startswith(f"{queue_id}: to=<same@a.test>, relay=") for t in lines)
 
     run(main())
 
