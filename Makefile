@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEBIAN_PACKAGES := postfix postfix-pcre swaks dovecot-lmtpd redis-server
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-relay bench-micro build sysdeps sanitize clean
+.PHONY: run test bench bench-relay bench-micro bench-tables build sysdeps sanitize clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench-relay: build sysdeps
 # Each ext parser against a plain-Python version of it.
 bench-micro: build
 	$(BIN)/pytest -q -p no:cacheprovider --benchmark-enable --benchmark-columns=min,median,ops bench/test_micro_ext.py
+
+# Lookup tables: lookups/s against a dict and texthash, then compile/open/lookup at 1M and 10M entries.
+bench-tables: build
+	$(BIN)/pytest -q -p no:cacheprovider --benchmark-enable --benchmark-columns=min,median,ops bench/test_tables.py
+	$(BIN)/python bench/tables_scale.py --entries 1000000 10000000
 
 # ext/ built with AddressSanitizer and UBSan, then the parser tests and a bounded fuzz pass.
 sanitize: $(BIN)/python
