@@ -1,7 +1,9 @@
-"""Builds the queued form of a message: Received: on top, missing headers added, loops refused.
+"""Builds the queued form of a message: Received: on top, address headers rewritten, headers that
+message_drop_headers names removed, missing headers added, loops refused.
 
 The header section is located by the compiled scanner (pyfastmta._ext.headers); the result is one
-join of the original buffer's slices and the new lines, so the body is copied once.
+join of the original buffer's slices and the new lines, so the body is copied once, and a header
+that does not change is never written again.
 """
 
 from __future__ import annotations
@@ -10,17 +12,34 @@ import time
 
 from pyfastmta._ext.headers import scan_headers
 from pyfastmta.cleanup.dates import mail_date
+from pyfastmta.cleanup.rewrite import RECIPIENT_HEADERS, SENDER_HEADERS, HeaderRewriter
 
+# Header kinds, as Postfix's header_opts classifies them.
+_SENDER, _RECIPIENT, _RESENT = 1, 2, 4
+_HEADER_KINDS: dict[bytes, int] = {}
+for _name in SENDER_HEADERS:
+    _HEADER_KINDS[_name] = _HEADER_KINDS.get(_name, 0) | _SENDER
+for _name in RECIPIENT_HEADERS:
+    _HEADER_KINDS[_name] = _HEADER_KINDS.get(_name, 0) | _RECIPIENT
+for _name in (b"resent-bcc", b"resent-cc", b"resent-date", b"resent-from", b"resent-message-id",
+              b"resent-reply-to", b"resent-sender", b"resent-to"):
+    _HEADER_KINDS[_name] = _HEADER_KINDS.get(_name, 0) | _RESENT
+del _name
 
 class CleanupSettings:
     """The parameters cleanup needs, read once per configuration (not per message)."""
 
     __slots__ = (
         "myhostname", "mail_name", "hopcount_limit", "header_size_limit",
-        "always_add_missing_headers", "undisclosed_recipients_header",
+        "always_add_missing_headers", "undisclosed_recipients_header", "header_rewriter",
+        "drop_headers",
     )
 
-    def __init__(self, config):
+    def __init__(self, config, header_rewriter: HeaderRewriter | None):
+        """header_rewriter None: no header address is rewritten."""
+        self.header_rewriter = header_rewriter
+        drop = config.get("message_drop_headers")
+        self.drop_headers = frozenset(name.lower().encode("ascii") for name in drop)
         self.myhostname = config.get("myhostname")
         self.mail_name = config.get("mail_name")
         self.hopcount_limit = config.get("hopcount_limit")
@@ -95,32 +114,65 @@ def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: 
         myhostname=settings.myhostname, mail_name=settings.mail_name, protocol=protocol,
         queue_id=queue_id, recipients=recipients, now=now,
     )
-    added: list[str] = []
+    rewriter = settings.header_rewriter
+    context = rewriter.context(local_client) if rewriter is not None else None
+    drop = settings.drop_headers
+    # (start, end, replacement) for each header field that is rewritten or dropped.
+    edits: list[tuple[int, int, bytes]] = []
+    resent = False
     message_id = None
-    index = block.find(b"message-id")
-    if index >= 0:
-        message_id = block.value(index).strip().decode("utf-8", "surrogateescape")
-    if local_client or settings.always_add_missing_headers:
-        resent = block.find(b"resent-from") >= 0 or block.find(b"resent-date") >= 0 \
-            or block.find(b"resent-message-id") >= 0
+    seen: set[bytes] = set()
+    for index in range(len(block)):
+        name = block.name_lower(index)
+        seen.add(name)
+        if name == b"message-id" and message_id is None:
+            message_id = block.value(index).strip().decode("utf-8", "surrogateescape")
+        kind = _HEADER_KINDS.get(name, 0)
+        if kind & _RESENT:
+            resent = True
+        if name in drop:
+            edits.append((*block.field_span(index), b""))
+        elif context is not None and kind & (_SENDER | _RECIPIENT):
+            start, end = block.value_span(index)
+            field = rewriter.rewrite_field(block.name(index), bytes(content[start:end]),
+                                           bool(kind & _SENDER), context)
+            if field is not None:
+                edits.append((*block.field_span(index), field))
+
+    added: list[str] = []
+    # Postfix adds what is missing when the client has a header rewriting context.
+    has_context = context is not None if rewriter is not None else local_client
+    if has_context or settings.always_add_missing_headers:
         prefix = "Resent-" if resent else ""
-        if block.find(prefix.lower().encode() + b"date") < 0:
-            added.append(f"{prefix}Date: {mail_date(now)}\r\n")
-        if block.find(prefix.lower().encode() + b"message-id") < 0:
+        lowered = prefix.lower().encode()
+        if lowered + b"message-id" not in seen:
             stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
             new_id = f"<{stamp}.{queue_id}@{settings.myhostname}>"
             added.append(f"{prefix}Message-Id: {new_id}\r\n")
             if not resent:
                 message_id = new_id
-        if block.find(prefix.lower().encode() + b"from") < 0:
-            added.append(f"{prefix}From: {sender or 'MAILER-DAEMON'}\r\n")
+        if lowered + b"date" not in seen:
+            added.append(f"{prefix}Date: {mail_date(now)}\r\n")
+        if lowered + b"from" not in seen:
+            if rewriter is not None:
+                from_address = rewriter.envelope_sender_external(sender)
+            else:
+                from_address = sender or "MAILER-DAEMON"
+            added.append(f"{prefix}From: {from_address}\r\n")
         if settings.undisclosed_recipients_header and not resent and \
                 block.count(b"to", b"cc", b"bcc") == 0:
             added.append(settings.undisclosed_recipients_header + "\r\n")
 
     header_end = block.header_end
     view = memoryview(content)
-    parts = [received.encode("utf-8", "surrogateescape"), view[:header_end]]
+    parts = [received.encode("utf-8", "surrogateescape")]
+    position = 0
+    for start, end, replacement in edits:
+        parts.append(view[position:start])
+        if replacement:
+            parts.append(replacement)
+        position = end
+    parts.append(view[position:header_end])
     if added:
         parts.append("".join(added).encode("utf-8", "surrogateescape"))
     parts.append(view[header_end:])

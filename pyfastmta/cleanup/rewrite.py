@@ -11,12 +11,21 @@ an address without "@" has "site!user" swapped to "user@site" (swap_bangpath), e
 made an "@" (allow_percent_hack), else "@$myorigin" appended (append_at_myorigin); a domain
 without a dot gets ".$mydomain" (append_dot_mydomain); one trailing dot is removed. Quoted parts
 of the local part are left alone.
+
+Headers (HeaderRewriter): the addresses of sender headers (From, Sender, Reply-To, ...) and
+recipient headers (To, Cc, Bcc, ...) go through the same steps with header_sender and
+header_recipient in the *_classes parameters, in the "local" context for clients that
+local_header_rewrite_clients names and in the "remote" context (remote_header_rewrite_domain;
+empty: headers from such clients are not touched at all) for the others. A header none of whose
+addresses changed is kept byte for byte; a changed one is written again in Postfix's form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from pyfastmta._ext.address import (fold_address_header, parse_address_list, quote_local,
+                                    rewrite_address, unquote_local)
 from pyfastmta.maps.addresses import AddressSearch
 from pyfastmta.maps.registry import parameter_maps
 from pyfastmta.maps.table import Maps
@@ -233,15 +242,25 @@ class EnvelopeRewriter:
         user, domain = address[:at], address[at + 1:]
         if user.lower() in self.masquerade_exceptions:
             return address
-        lowered = domain.lower()
-        for entry in self.masquerade_domains:
-            keep = entry.startswith("!")
-            name = entry[1:] if keep else entry
-            if lowered == name:
-                return address
-            if lowered.endswith("." + name):
-                return address if keep else f"{user}@{domain[len(domain) - len(name):]}"
-        return address
+        masqueraded = _masquerade_domain(domain, self.masquerade_domains)
+        return address if masqueraded is None else f"{user}@{masqueraded}"
+
+
+def _masquerade_domain(domain: str, masquerade_domains: list[str]) -> str | None:
+    """The masquerade_domains entry (lower case, as Postfix writes it) that replaces `domain`, or
+    None. Entries are tried in order; a domain equal to an entry stays; each "!" in front of an
+    entry flips it between stripping and keeping the subdomains."""
+    lowered = domain.lower()
+    for entry in masquerade_domains:
+        name = entry.lstrip("!")
+        if not name:
+            continue
+        strip = (len(entry) - len(name)) % 2 == 0
+        if lowered == name:
+            return None
+        if lowered.endswith("." + name):
+            return name if strip else None
+    return None
 
 
 def _split_addresses(value: str) -> list[str]:
@@ -300,3 +319,133 @@ def envelope_rewriter(config, is_local: Callable[[str], bool],
         virtual_alias_expansion_limit=get("virtual_alias_expansion_limit"),
         propagate_unmatched_extensions=frozenset(get("propagate_unmatched_extensions")),
         warn=warn)
+
+
+# Postfix's header classes (header_opts): sender headers and recipient headers, by lower-case name.
+SENDER_HEADERS = frozenset({
+    b"disposition-notification-to", b"errors-to", b"from", b"mail-followup-to", b"reply-to",
+    b"resent-from", b"resent-sender", b"return-path", b"return-receipt-to", b"sender",
+})
+RECIPIENT_HEADERS = frozenset({
+    b"apparently-to", b"bcc", b"cc", b"resent-bcc", b"resent-cc", b"resent-reply-to", b"resent-to",
+    b"to",
+})
+
+
+def _text(address: bytes) -> str:
+    return address.decode("utf-8", "surrogateescape")
+
+
+def _bytes(address: str) -> bytes:
+    return address.encode("utf-8", "surrogateescape")
+
+
+class HeaderRewriter:
+    """Address rewriting in message headers, as Postfix's cleanup does it (cleanup_rewrite_sender
+    and cleanup_rewrite_recip): each address is rewritten in external (quoted) form by the
+    client's rewriting context, then by the canonical tables and masquerading that the *_classes
+    parameters name for header_sender or header_recipient."""
+
+    def __init__(self, envelope: EnvelopeRewriter, remote_domain: str = "") -> None:
+        self.envelope = envelope
+        local = envelope.local
+        self._local = (local.myorigin, local.mydomain)
+        self._remote = (remote_domain, remote_domain) if remote_domain else None
+        self._flags = (local.swap_bangpath, local.allow_percent_hack, local.append_at_myorigin,
+                       local.append_dot_mydomain)
+        self._steps = {True: self._class_steps("header_sender", envelope.sender_canonical,
+                                               envelope.sender_canonical_classes, "sender_canonical_maps"),
+                       False: self._class_steps("header_recipient", envelope.recipient_canonical,
+                                                envelope.recipient_canonical_classes,
+                                                "recipient_canonical_maps")}
+        self._masquerade = {
+            True: bool(envelope.masquerade_domains) and "header_sender" in envelope.masquerade_classes,
+            False: bool(envelope.masquerade_domains) and "header_recipient" in envelope.masquerade_classes,
+        }
+
+    def _class_steps(self, address_class: str, own: Maps | None, own_classes: frozenset[str],
+                     own_title: str) -> list[tuple[Maps, str]]:
+        steps = []
+        if own and address_class in own_classes:
+            steps.append((own, own_title))
+        if self.envelope.canonical and address_class in self.envelope.canonical_classes:
+            steps.append((self.envelope.canonical, "canonical_maps"))
+        return steps
+
+    def context(self, local_client: bool) -> tuple[str, str] | None:
+        """(origin, domain) of the client's rewriting context; None: headers are left alone
+        (a remote client while remote_header_rewrite_domain is empty)."""
+        return self._local if local_client else self._remote
+
+    def rewrite_value(self, value: bytes, sender: bool, context: tuple[str, str]) -> bytes | None:
+        """The header value as Postfix writes it after rewriting (a newline after each comma,
+        for fold_address_header), or None when no address changed."""
+        addresses = parse_address_list(value)
+        count = len(addresses)
+        if not count:
+            return None
+        origin, domain = context
+        swap_bangpath, percent_hack, append_at, append_dot = self._flags
+        steps = self._steps[sender]
+        masquerade = self._masquerade[sender]
+        changed = False
+        results: list[bytes] = []
+        for index in range(count):
+            external = addresses.address(index)
+            rewritten = rewrite_address(external, origin, domain, swap_bangpath, percent_hack,
+                                        append_at, append_dot)
+            if rewritten != external:
+                changed = True
+            if steps or masquerade:
+                text = _text(rewritten)
+                for maps, title in steps:
+                    internal = unquote_local(text)
+                    mapped = self.envelope._map11(maps, internal, title)
+                    if mapped != internal:
+                        mapped_external = quote_local(mapped)
+                        if mapped_external != text:
+                            changed = True
+                            text = mapped_external
+                if masquerade:
+                    masqueraded = self._masquerade_external(text)
+                    if masqueraded is not None:
+                        changed = True
+                        text = masqueraded
+                rewritten = _bytes(text)
+            results.append(rewritten)
+        if not changed:
+            return None
+        return addresses.externalize(results)
+
+    def _masquerade_external(self, external: str) -> str | None:
+        """Masquerading of an external-form address: the local part as written (quotes and all)
+        is what masquerade_exceptions is compared with."""
+        at = external.rfind("@")
+        if at < 0:
+            return None
+        if external[:at].lower() in self.envelope.masquerade_exceptions:
+            return None
+        masqueraded = _masquerade_domain(external[at + 1:], self.envelope.masquerade_domains)
+        if masqueraded is None:
+            return None
+        return f"{external[:at + 1]}{masqueraded}"
+
+    def rewrite_field(self, name: bytes, value: bytes, sender: bool,
+                      context: tuple[str, str]) -> bytes | None:
+        """The whole rewritten field (CRLF lines) for header `name` with the still folded
+        `value`, or None when it stays as it is."""
+        text = self.rewrite_value(value.replace(b"\r\n", b"\n"), sender, context)
+        if text is None:
+            return None
+        return fold_address_header(name, text)
+
+    def envelope_sender_external(self, sender: str) -> str:
+        """The rewritten envelope sender in external form, as a From: header that cleanup adds
+        carries it ("MAILER-DAEMON" for the null sender)."""
+        if not sender:
+            return "MAILER-DAEMON"
+        return quote_local(self.envelope.sender(sender))
+
+
+def header_rewriter(config, envelope: EnvelopeRewriter) -> HeaderRewriter:
+    return HeaderRewriter(envelope, config.get("remote_header_rewrite_domain"))

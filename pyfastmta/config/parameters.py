@@ -262,6 +262,11 @@ _TABLE = [
               "Most recipients one virtual alias expands to.", minimum=1),
     Parameter("propagate_unmatched_extensions", LIST, "canonical, virtual",
               "Tables whose results get the address extension that their lookup cut off."),
+    Parameter("remote_header_rewrite_domain", STRING, "",
+              "Domain that completes header addresses of mail from remote clients; empty: their "
+              "headers are not rewritten."),
+    Parameter("message_drop_headers", LIST, "bcc, content-length, resent-bcc, return-path",
+              "Headers that cleanup removes."),
     Parameter("alias_maps", LIST, "hash:/etc/aliases, nis:mail.aliases",
               "Alias tables of local delivery (aliases(5))."),
     Parameter("alias_database", LIST, "hash:/etc/aliases",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from pyfastmta.cleanup.message import CleanupSettings
-from pyfastmta.cleanup.rewrite import envelope_rewriter
+from pyfastmta.cleanup.rewrite import envelope_rewriter, header_rewriter
 from pyfastmta.config.interfaces import host_addresses
 from pyfastmta.config import ConfigError
 from pyfastmta.maps import TableError
@@ -41,7 +41,7 @@ class SmtpdSettings:
         self.rewriter = envelope_rewriter(config, self.is_local_domain)
         self.always_add_missing_headers: bool = get("always_add_missing_headers")
         self.local_header_rewrite_clients = list(get("local_header_rewrite_clients"))
-        self.cleanup = CleanupSettings(config)
+        self.cleanup = CleanupSettings(config, header_rewriter(config, self.rewriter))
         self.ehlo_reply = self._ehlo_reply()
         self._clients: dict[str, tuple[bool, bool]] = {}
 

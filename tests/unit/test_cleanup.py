@@ -22,13 +22,14 @@ class FakeConfig:
         "header_size_limit": 102400,
         "always_add_missing_headers": False,
         "undisclosed_recipients_header": "",
+        "message_drop_headers": ["bcc", "content-length", "resent-bcc", "return-path"],
     }
 
     def get(self, name):
         return self.values[name]
 
 
-SETTINGS = CleanupSettings(FakeConfig())
+SETTINGS = CleanupSettings(FakeConfig(), None)
 
 
 def clean(content: bytes, local: bool = True, recipients=("bob@example.test",)):
