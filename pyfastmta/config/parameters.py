@@ -280,6 +280,10 @@ _TABLE = [
               "Transport (and optional :nexthop) for mail to $relay_domains."),
     Parameter("local_transport", STRING, "local:$myhostname",
               "Transport for mail to $mydestination."),
+    Parameter("sender_dependent_relayhost_maps", LIST, "",
+              "Lookup tables that choose the relayhost by envelope sender (address, then @domain)."),
+    Parameter("empty_address_relayhost_maps_lookup_key", STRING, "<>",
+              "Key under which sender_dependent_relayhost_maps are asked for the null sender."),
     Parameter("relocated_maps", LIST, "",
               "Lookup tables of users or domains that have moved: mail to them bounces with the new "
               "address (relocated(5))."),

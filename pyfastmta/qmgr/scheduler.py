@@ -89,7 +89,7 @@ class Scheduler:
         self._running = False
         self.configure(**settings)
 
-    def configure(self, *, resolve: Callable[[str], Any], agents: dict[str, DeliveryAgent],
+    def configure(self, *, resolve: Callable[[str, str], Any], agents: dict[str, DeliveryAgent],
                   log: Callable[[str, str], None], on_bounce: BounceCallback,
                   on_delay_warning: BounceCallback | None = None,
                   qmgr_message_active_limit: int = 20000, qmgr_message_recipient_limit: int = 20000,
@@ -105,7 +105,7 @@ class Scheduler:
         """Set (or, on reload, replace) the settings; active messages and deliveries in flight
         stay as they are, and what is scheduled from now on follows the new ones.
 
-        resolve(address) returns an object with .transport and .nexthop. transport_limits holds
+        resolve(address, sender) returns an object with .transport and .nexthop. transport_limits holds
         per-transport overrides by their Postfix parameter names, e.g.
         {"smtp_destination_concurrency_limit": 10, "lmtp_destination_recipient_limit": 1}.
         on_bounce(entry, outcomes) must queue the non-delivery notification for the bounced
@@ -337,7 +337,7 @@ class Scheduler:
         for i in pending:
             address = recipients[i].address
             try:
-                resolution = self._resolve(address)
+                resolution = self._resolve(address, entry.envelope.sender)
                 transport, nexthop = resolution.transport, resolution.nexthop
             except Exception as exc:  # noqa: BLE001 - a resolver failure defers, it never loses mail
                 self._immediate(message, i, "qmgr", "deferred", "4.3.0", f"address resolver failure: {exc}", now)

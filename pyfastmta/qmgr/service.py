@@ -36,6 +36,8 @@ def address_resolver(config, addresses: list[str] | None = None, log=None) -> Ad
         mydestination=get("mydestination"), relay_domains=get("relay_domains"),
         relayhost=get("relayhost"), transport_maps=parameter_maps(config, "transport_maps", _warner(log)),
         relocated_maps=parameter_maps(config, "relocated_maps", _warner(log)),
+        sender_dependent_relayhost_maps=parameter_maps(config, "sender_dependent_relayhost_maps", _warner(log)),
+        empty_address_relayhost_maps_lookup_key=get("empty_address_relayhost_maps_lookup_key"),
         default_transport=get("default_transport"), relay_transport=get("relay_transport"),
         local_transport=get("local_transport"),
         parent_domain_matches_subdomains=get("parent_domain_matches_subdomains"),

@@ -50,7 +50,8 @@ class AddressResolver:
                  virtual_mailbox_domains: Sequence[str] = (), virtual_transport: str = "virtual",
                  empty_address_recipient: str = "MAILER-DAEMON", allow_min_user: bool = False,
                  double_bounce_sender: str = "double-bounce", smtputf8_enable: bool = True,
-                 relocated_maps: Maps | None = None) -> None:
+                 relocated_maps: Maps | None = None, sender_dependent_relayhost_maps: Maps | None = None,
+                 empty_address_relayhost_maps_lookup_key: str = "<>") -> None:
         """local_transport None means Postfix's default, local:$myhostname."""
         self.myhostname = myhostname
         self.mydomain = mydomain
@@ -74,6 +75,8 @@ class AddressResolver:
         self.own_addresses = {_ip(text) for text in inet_interfaces_addresses}
         self.own_addresses.discard(None)
         self.relocated_maps = relocated_maps
+        self.sender_dependent_relayhost_maps = sender_dependent_relayhost_maps
+        self.empty_address_relayhost_maps_lookup_key = empty_address_relayhost_maps_lookup_key
         self._relocated_search = AddressSearch(
             recipient_delimiter=recipient_delimiter, myorigin=myorigin, is_local=self._is_local,
             double_bounce_sender=double_bounce_sender)
@@ -84,7 +87,25 @@ class AddressResolver:
             return _literal_address(domain) in self.own_addresses
         return self.mydestination.matches(domain)
 
-    def resolve(self, recipient: str) -> Resolution:
+    def _relayhost(self, sender: str) -> str:
+        """relayhost, or what sender_dependent_relayhost_maps give for the sender (its address,
+        then @domain; the null sender as empty_address_relayhost_maps_lookup_key). DUNNO there
+        means: use relayhost."""
+        maps = self.sender_dependent_relayhost_maps
+        if maps:
+            if sender:
+                keys = [sender]
+                at = sender.rfind("@")
+                if at >= 0:
+                    keys.append(sender[at:])
+            else:
+                keys = [self.empty_address_relayhost_maps_lookup_key]
+            found = maps.find(keys)
+            if found is not None and found.upper() != "DUNNO":
+                return found
+        return self.relayhost
+
+    def resolve(self, recipient: str, sender: str | None = None) -> Resolution:
         address = recipient
         if not address:
             address = f"{self.empty_address_recipient}@{self.myhostname}"
@@ -107,10 +128,10 @@ class AddressResolver:
             nexthop = nexthop or domain.lower()
         elif self.relay_domains.matches(domain):
             address_class, transport, nexthop = "relay", *_split_transport(self.relay_transport)
-            nexthop = nexthop or self.relayhost or domain.lower()
+            nexthop = nexthop or self._relayhost(sender or "") or domain.lower()
         else:
             address_class, transport, nexthop = "default", *_split_transport(self.default_transport)
-            nexthop = nexthop or self.relayhost or domain.lower()
+            nexthop = nexthop or self._relayhost(sender or "") or domain.lower()
 
         if self.relocated_maps and valid:
             # Bounced here rather than by a delivery agent, so it works for every address class.

@@ -19,7 +19,7 @@ SENT_LINE = re.compile(
     r" dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), status=(?P<status>sent|deferred|bounced) \((?P<reason>.*)\)$")
 
 
-def resolve(address):
+def resolve(address, sender=""):
     domain = address.rpartition("@")[2]
     if domain == "local.test":
         return SimpleNamespace(transport="local", nexthop=domain)

@@ -31,6 +31,8 @@ from pyfastmta.resolve import AddressResolver
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "resolve"
 CASES = sorted(path.stem for path in GOLDEN.glob("*.in"))
 UPDATE_GOLDEN = os.environ.get("PYFASTMTA_UPDATE_GOLDEN") == "1"
+# The envelope sender of every case (sender_dependent_relayhost_maps look at it).
+SENDER = "sender@example.org"
 LIST_SETTINGS = {"mydestination", "relay_domains", "virtual_mailbox_domains", "inet_interfaces_addresses",
                  "parent_domain_matches_subdomains"}
 
@@ -54,7 +56,7 @@ def load_case(name: str) -> tuple[AddressResolver, list[str]]:
         else:
             key, _, value = (part.strip() for part in line.partition("="))
             value = with_table_paths(value)
-            if key in ("transport_maps", "relocated_maps"):
+            if key in ("transport_maps", "relocated_maps", "sender_dependent_relayhost_maps"):
                 settings[key] = Maps(key, split_list(value), open_table)
             else:
                 settings[key] = split_list(value) if key in LIST_SETTINGS else value
@@ -66,7 +68,7 @@ def test_golden_resolution(case):
     resolver, recipients = load_case(case)
     lines = []
     for recipient in recipients:
-        result = resolver.resolve(recipient)
+        result = resolver.resolve(recipient, SENDER)
         shown = recipient or "<>"
         lines.append(f"{shown} -> {result.address_class} {result.transport}:{result.nexthop} {result.recipient}\n")
     ref = GOLDEN / f"{case}.ref"
@@ -128,7 +130,7 @@ def postfix_resolutions(case: str, root: Path) -> dict[str, str]:
     started = subprocess.run(["postfix", "-c", str(config), "start"], capture_output=True, text=True, check=False)
     assert started.returncode == 0, (root / "maillog").read_text() if (root / "maillog").exists() else ""
     try:
-        subprocess.run(["sendmail", "-C", str(config), "-f", "sender@example.org", "--", *recipients],
+        subprocess.run(["sendmail", "-C", str(config), "-f", SENDER, "--", *recipients],
                        input=b"Subject: resolution\n\nbody\n", check=True, capture_output=True)
         # qmgr logs "removed" once every recipient has had its delivery.
         deadline = time.monotonic() + 20
@@ -153,7 +155,7 @@ def test_golden_case_matches_postfix(case):
     ours = {}
     for recipient in recipients:
         if recipient and " " not in recipient:
-            result = resolver.resolve(recipient)
+            result = resolver.resolve(recipient, SENDER)
             # discard(8) drops the DSN code in front of the text; Postfix keeps the nexthop's case
             # where pyfastmta lowercases a domain.
             ours[result.recipient.lower()] = f"{result.transport}:{DSN.sub('', result.nexthop)}".lower()
