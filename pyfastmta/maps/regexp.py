@@ -29,6 +29,8 @@ import ctypes
 import ctypes.util
 import weakref
 
+# The one reader of logical lines, shared with texthash: and cidr:.
+from pyfastmta.maps.source import read_logical_lines as logical_lines
 from pyfastmta.maps.table import FileSignature, Table, TableError
 
 C_SPACE = b" \t\n\r\x0b\x0c"  # C's isspace() in the C locale
@@ -47,43 +49,6 @@ def _is_space(byte: int) -> bool:
 
 def _trim_end(text: bytes) -> bytes:
     return text.rstrip(C_SPACE)
-
-
-def logical_lines(data: bytes, where: str, warnings: list[str]) -> list[tuple[int, bytes]]:
-    """(first line number, text) of each logical line, as Postfix's readllines() joins them: a
-    line that starts with whitespace continues the previous one (joined as it is, without the
-    newline), comment and blank lines are skipped without ending a logical line, and a logical
-    line that itself starts with whitespace is skipped with a warning."""
-    result: list[tuple[int, bytes]] = []
-    current: list[bytes] | None = None
-    first = 0
-
-    def finish() -> None:
-        text = b"".join(current)
-        if _is_space(text[0]):
-            shown = text[:30].decode("utf-8", "replace")
-            warnings.append(f'{where}:{first}: logical line must not start with whitespace: '
-                            f'"{shown}{"..." if len(text) > 30 else ""}"')
-            return
-        # The C code sees a string: a NUL byte ends it.
-        result.append((first, text.split(b"\0", 1)[0]))
-
-    physical = data.split(b"\n")
-    if physical and physical[-1] == b"":
-        physical.pop()
-    for number, line in enumerate(physical, 1):
-        content = line.lstrip(C_SPACE)
-        if not content or content[:1] == b"#":
-            continue
-        if current is not None and _is_space(line[0]):
-            current.append(line)
-            continue
-        if current is not None:
-            finish()
-        current, first = [line], number
-    if current is not None:
-        finish()
-    return result
 
 
 def _inline_rules(kind: str, name: str) -> bytes:

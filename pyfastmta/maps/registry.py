@@ -29,13 +29,17 @@ def table_types() -> list[str]:
 
 class TableOptions:
     """What tables need from the configuration. smtputf8_enable: full Unicode case folding of
-    keys (ASCII only when off), as Postfix's tables fold."""
+    keys (ASCII only when off), as Postfix's tables fold. no_regsub: a regexp:/pcre: rule whose
+    result has $number is skipped with a warning, so no text from the key reaches the result
+    (Postfix's no_regsub flag, which it sets for transport_maps and a few others)."""
 
-    __slots__ = ("smtputf8_enable", "config_directory")
+    __slots__ = ("config_directory", "no_regsub", "smtputf8_enable")
 
-    def __init__(self, *, smtputf8_enable: bool = True, config_directory: str = "") -> None:
+    def __init__(self, *, smtputf8_enable: bool = True, config_directory: str = "",
+                 no_regsub: bool = False) -> None:
         self.smtputf8_enable = smtputf8_enable
         self.config_directory = config_directory
+        self.no_regsub = no_regsub
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -81,13 +85,25 @@ def split_table_list(text: str) -> list[str]:
     return pieces
 
 
+# Parameters whose regexp:/pcre: results must not carry text from the key (Postfix opens them
+# with its no_regsub flag): they name programs and next hops.
+NO_REGSUB_PARAMETERS = frozenset({
+    "transport_maps", "sender_dependent_relayhost_maps", "sender_dependent_default_transport_maps",
+    "address_verify_transport_maps", "address_verify_sender_dependent_relayhost_maps",
+    "address_verify_sender_dependent_default_transport_maps", "mailbox_transport_maps",
+    "fallback_transport_maps", "alias_maps", "mailbox_command_maps", "virtual_mailbox_maps",
+    "virtual_uid_maps", "virtual_gid_maps",
+})
+
+
 def parameter_maps(config, parameter: str, warn=None) -> Maps:
     """A table-valued parameter's tables, opened (any type); a table that cannot be opened is a
     ConfigError naming main.cf and the parameter."""
     from pyfastmta.config import ConfigError
 
     options = TableOptions(smtputf8_enable=config.get("smtputf8_enable"),
-                           config_directory=config.config_dir or "")
+                           config_directory=config.config_dir or "",
+                           no_regsub=parameter in NO_REGSUB_PARAMETERS)
     try:
         return Maps(parameter, split_table_list(config.expanded(parameter)),
                     lambda spec: open_table(spec, options), warn)

@@ -93,8 +93,16 @@ class Maps:
         self.parameter = parameter
         self._opener = opener
         self._warn = warn
-        self.tables = [opener(spec) for spec in specs]
+        self.tables = [self._open(spec) for spec in specs]
         self._next_check = time.monotonic() + _CHECK_INTERVAL
+
+    def _open(self, spec: str) -> Table:
+        table = self._opener(spec)
+        if self._warn is not None:
+            # Lines a table skipped (as Postfix skips them), said once per opening.
+            for warning in getattr(table, "warnings", ()):
+                self._warn(f"{self.parameter}: {warning}")
+        return table
 
     def __bool__(self) -> bool:
         return bool(self.tables)
@@ -138,7 +146,7 @@ class Maps:
         for position, table in enumerate(self.tables):
             if table.changed():
                 try:
-                    fresh = self._opener(table.spec)
+                    fresh = self._open(table.spec)
                 except TableError as error:
                     if self._warn is not None:
                         self._warn(f"{self.parameter}: {error}; still using the table as it was")

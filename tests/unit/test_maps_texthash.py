@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pyfastmta.maps.registry import TableOptions
 from pyfastmta.resolve import transport_lookup
 
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
+PYFASTMTA = os.path.join(os.path.dirname(sys.executable), "pyfastmta")  # the installed command
 needs_postmap = pytest.mark.skipif(
     not os.path.exists(POSTMAP) and not os.environ.get("CI"), reason="Postfix's postmap is not installed")
 
@@ -81,17 +83,18 @@ def test_table_matches_postmap(smtputf8_enable, case):
 
 
 @pytest.mark.parametrize("text, line, reason", [
-    ("key\n", 1, "expected format: key whitespace value"),
-    ("# c\n\nok v\nlonely   \n", 4, "expected format"),
-    ('"open key value\n', 1, "unbalanced"),
-    ("  first v\n", 1, "must not start with whitespace"),
+    ("key\n", 1, "expected format: key whitespace value -- ignoring this line"),
+    ("# c\n\nlonely   \n", 3, "expected format: key whitespace value -- ignoring this line"),
+    ('"open key value\n', 1, "unbalanced '\"' in '\"open key value' -- ignoring this line"),
+    ("  first v\n", 1, 'logical line must not start with whitespace: "  first v"'),
 ])
-def test_malformed_lines_name_path_and_line(tmp_path, text, line, reason):
+def test_malformed_lines_are_skipped_with_a_warning(tmp_path, text, line, reason):
+    """As Postfix's texthash: does: the line is left out, the rest of the table is used."""
     path = tmp_path / "transport"
-    path.write_text(text)
-    with pytest.raises(TableError) as caught:
-        open_table(f"texthash:{path}")
-    assert str(caught.value).startswith(f"{path}:{line}: ") and reason in str(caught.value)
+    path.write_text(text + "good.example smtp:good\n")
+    table = open_table(f"texthash:{path}")
+    assert table.warnings == [f"{path}:{line}: {reason}"]
+    assert dict(table.items()) == {"good.example": "smtp:good"}
 
 
 def test_missing_file_is_a_table_error(tmp_path):
@@ -104,7 +107,33 @@ def test_duplicate_keeps_first_and_warns(tmp_path):
     path.write_text("a.example smtp:one\nA.EXAMPLE smtp:two\n")
     table = open_table(f"texthash:{path}")
     assert table.get("a.example") == "smtp:one"
-    assert table.warnings == [f'{path}:2: duplicate entry: "a.example"']
+    # Postfix names the key as the file spells it.
+    assert table.warnings == [f'{path}:2: duplicate entry: "A.EXAMPLE"']
+
+
+def sequence(argv: list[str]) -> list[bytes]:
+    result = subprocess.run(argv, capture_output=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return sorted(result.stdout.splitlines())
+
+
+@needs_postmap
+@pytest.mark.parametrize("smtputf8_enable", [True, False])
+def test_sequence_lists_what_postfix_lists(tmp_path, smtputf8_enable):
+    """`pyfastmta postmap -s texthash:FILE` prints the entries Postfix's `postmap -s` prints
+    (folded keys; Postfix's order is its hash table's, so both are compared sorted)."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "main.cf").write_text(
+        f"compatibility_level = 3.6\nsmtputf8_enable = {'yes' if smtputf8_enable else 'no'}\n")
+    path = tmp_path / "table"
+    path.write_bytes('B.Example smtp:b\n"Q K" quoted value\nStraße sz\nSTRASSE ss\nÉté v\n'
+                     "a\tv1\n  more\nnovalue\n".encode())
+    for written in (path, config / "main.cf"):
+        os.utime(written, (time.time() - 10, time.time() - 10))
+    theirs = sequence([POSTMAP, "-c", str(config), "-s", f"texthash:{path}"])
+    ours = sequence([PYFASTMTA, "postmap", "-c", str(config), "-s", f"texthash:{path}"])
+    assert ours == theirs and len(ours) == (5 if smtputf8_enable else 6)
 
 
 def maps(*tables: dict[str, str]) -> Maps:
@@ -186,10 +215,11 @@ def test_a_broken_edit_keeps_the_last_good_table(tmp_path, monkeypatch):
     path.write_text("example.com smtp:good\n")
     warnings = []
     listed = Maps("transport_maps", [f"texthash:{path}"], open_table, warnings.append)
-    path.write_text('"broken key\n')
+    path.unlink()  # a table that cannot be read at all
     monkeypatch.setattr(time, "monotonic", lambda: 10.0 ** 9)
     assert listed.get("example.com") == "smtp:good"
-    assert len(warnings) == 1 and "unbalanced" in warnings[0] and warnings[0].startswith("transport_maps: ")
+    assert len(warnings) == 1 and "file not found" in warnings[0]
+    assert warnings[0].startswith("transport_maps: ")
 
 
 def test_an_empty_result_is_a_table_error_not_a_match():
@@ -198,3 +228,29 @@ def test_an_empty_result_is_a_table_error_not_a_match():
     assert listed.get("full") == "value"
     with pytest.raises(TableError, match="returns an empty string result"):
         listed.get("empty")
+
+
+def test_skipped_lines_are_reported_through_the_parameter(tmp_path):
+    path = tmp_path / "transport"
+    path.write_text("good smtp:x\nlonely\n")
+    warnings = []
+    listed = Maps("transport_maps", [f"texthash:{path}"], open_table, warnings.append)
+    assert listed.get("good") == "smtp:x"
+    assert warnings == [f"transport_maps: {path}:2: expected format: key whitespace value -- ignoring this line"]
+
+
+def test_transport_maps_refuse_key_text_in_regexp_results(tmp_path):
+    """Postfix's no_regsub: $1 in a transport_maps result could let a recipient choose a next hop."""
+    from types import SimpleNamespace
+
+    from pyfastmta.maps.registry import parameter_maps
+
+    table = tmp_path / "transport.regexp"
+    table.write_text("/^(.*)@sub\\.example$/ smtp:[$1]\n/@fixed\\.example$/ smtp:[fixed]\n")
+    config = SimpleNamespace(get=lambda name: True, config_dir=str(tmp_path), main_cf_path=str(tmp_path),
+                             expanded=lambda name: f"regexp:{table}")
+    transport = parameter_maps(config, "transport_maps")
+    assert transport.get("u@fixed.example") == "smtp:[fixed]"
+    assert transport.get("u@sub.example") is None
+    canonical = parameter_maps(config, "canonical_maps")
+    assert canonical.get("u@sub.example") == "smtp:[u]"
