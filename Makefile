@@ -34,6 +34,7 @@ bench: build sysdeps
 bench-relay: build sysdeps
 	$(BIN)/python bench/relay_race.py
 	$(BIN)/python bench/relay_race.py --headline
+	$(BIN)/python bench/relay_race.py --headline --tables 0,100000 --rounds 3
 
 # Each ext parser against a plain-Python version of it.
 bench-micro: build

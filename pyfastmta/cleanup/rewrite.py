@@ -22,6 +22,8 @@ addresses changed is kept byte for byte; a changed one is written again in Postf
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 
 from pyfastmta._ext.address import (fold_address_header, parse_address_list, quote_local,
@@ -43,6 +45,8 @@ class AliasExpansionError(Exception):
 
 def _find_unquoted(text: str, wanted: str, last: bool = False) -> int:
     """Position of the first (or last) `wanted` outside double quotes and backslash escapes."""
+    if '"' not in text and "\\" not in text:
+        return text.rfind(wanted) if last else text.find(wanted)
     found = -1
     quoted = escaped = False
     for position, char in enumerate(text):
@@ -263,9 +267,14 @@ def _masquerade_domain(domain: str, masquerade_domains: list[str]) -> str | None
     return None
 
 
+_NEEDS_SPLITTING = re.compile(r'[",<\s\\]')
+
+
 def _split_addresses(value: str) -> list[str]:
     """The addresses of a table result: comma- or space-separated, with quotes and <> kept
     intact (an RFC 822 address list in Postfix)."""
+    if _NEEDS_SPLITTING.search(value) is None:
+        return [value]
     items: list[str] = []
     current: list[str] = []
     quoted = escaped = False
