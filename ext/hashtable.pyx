@@ -1,10 +1,10 @@
 """The compiled hash table file that postmap writes for hash: tables, opened with mmap.
 
 HashWriter compiles postmap's source syntax (or entries given one by one) into the file described
-in hashtable.pxd; HashFile maps a file and answers lookups in constant time. Opening reads only the
-64-byte header and checks it against the file's size, so it costs the same for any table size;
-every lookup checks the record it lands on against the file's bounds, so a damaged file gives an
-error naming it, never a crash.
+in hashtable.pxd; HashFile maps a file and answers lookups in constant time, most of them with a
+single cache line read. Opening reads only the 64-byte header and checks it against the file's
+size, so it costs the same for any table size; every lookup checks the cell and the record it
+lands on against the file's bounds, so a damaged file gives an error naming it, never a crash.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -12,31 +12,41 @@ from cpython.pycapsule cimport PyCapsule_GetContext, PyCapsule_New, PyCapsule_Se
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, errno
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, madvise, mmap, munmap
 from posix.unistd cimport fsync, write
 
-from hashtable cimport (PFM_FP_SHIFT, PFM_LE32, PFM_LE64, PFM_OFFSET_MASK, HashQuery, HashView,
-                        ascii_fold, hashview_find, hashview_find_many, memcmp, memcmp_eq, pfm_hash,
-                        pfm_load32, pfm_load64)
+from hashtable cimport (PFM_CELL, PFM_EXTERNAL, PFM_LE32, PFM_LE64, PFM_MAX_DISTANCE, PFM_PREFIX,
+                        PFM_ROOM, PFM_WINDOW, HashQuery, HashView, ascii_fold, hashview_find,
+                        hashview_find_many, memcmp, memcmp_eq, pfm_hash, pfm_home, pfm_load32,
+                        pfm_load64)
 
 import os
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+    PyObject* PyList_GET_ITEM(object list, Py_ssize_t i)
+    bint PyUnicode_CheckExact(object text)
+    bint PyUnicode_IS_COMPACT_ASCII(object text)
+    void* PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
 
 cdef extern from "<sys/mman.h>":
     int MADV_RANDOM
 
 cdef enum:
-    VERSION = 1
+    VERSION = 2
     HEADER_SIZE = 64
     # Keys no longer than this are folded on the stack; longer ones in a heap buffer.
     KEY_STACK = 512
-# The data area's offsets have 40 bits in a slot.
-cdef uint64_t MAX_DATA = (<uint64_t>1 << 40) - 1
+# Bounds that keep every offset computation far from overflowing 64 bits.
+cdef uint64_t MAX_DATA = (<uint64_t>1 << 48) - 1
+cdef uint64_t MAX_CELLS = (<uint64_t>1 << 40)
+# Entries per home cell: at 0.6, 82% of the entries sit in their home cell or the next one, and a
+# miss reads 2 cells on average (cells are 64 bytes: a 10M-entry table of short entries is 1 GB).
+cdef double LOAD = 0.6
 
 MAGIC = b"PFMHASH\0"
 FORMAT_VERSION = VERSION
@@ -69,16 +79,17 @@ cdef inline void store32(unsigned char* p, uint32_t v) noexcept nogil:
     memcpy(p, &v, 4)
 
 
-cdef bytes _header(uint64_t count, uint64_t nslots, uint64_t seed, uint64_t data_size):
+cdef bytes _header(uint64_t count, uint64_t homes, uint64_t cells, uint64_t seed,
+                   uint64_t data_size):
     cdef unsigned char header[64]
     memset(header, 0, 64)
     memcpy(header, b"PFMHASH\0", 8)
     store32(header + 8, VERSION)
     store32(header + 12, 0)
     store64(header + 16, count)
-    store64(header + 24, nslots)
-    store64(header + 32, seed)
-    store64(header + 40, HEADER_SIZE + nslots * 8)
+    store64(header + 24, homes)
+    store64(header + 32, cells)
+    store64(header + 40, seed)
     store64(header + 48, data_size)
     store64(header + 56, pfm_hash(header, 56, 0))
     return PyBytes_FromStringAndSize(<char*>header, 64)
@@ -148,27 +159,30 @@ cdef class HashFile:
 
     cdef _check_header(self):
         cdef const unsigned char* h = self.base
-        cdef uint64_t count, nslots, seed, data_offset, data_size
+        cdef uint64_t count, homes, cells, seed, data_offset, data_size
         if memcmp(h, <const char*>b"PFMHASH\0", 8) != 0:
             raise HashFileError(f"{self.path}: not a pyfastmta hash table file (bad magic number)")
         if pfm_load64(h + 56) != pfm_hash(h, 56, 0):
             raise HashFileError(f"{self.path}: damaged hash table file (header check failed)")
         if pfm_load32(h + 8) != VERSION:
-            raise HashFileError(f"{self.path}: hash table file version {pfm_load32(h + 8)}, "
-                                f"this program reads version {VERSION}; run postmap again")
+            raise HashFileError(f"{self.path}: hash table file format version "
+                                f"{pfm_load32(h + 8)}, this program reads version {VERSION}: "
+                                f"rebuild it with pyfastmta postmap")
         count = pfm_load64(h + 16)
-        nslots = pfm_load64(h + 24)
-        seed = pfm_load64(h + 32)
-        data_offset = pfm_load64(h + 40)
+        homes = pfm_load64(h + 24)
+        cells = pfm_load64(h + 32)
+        seed = pfm_load64(h + 40)
         data_size = pfm_load64(h + 48)
-        if (nslots < 1 or nslots & (nslots - 1) or nslots > (<uint64_t>1 << 40) or count > nslots
-                or data_offset != HEADER_SIZE + nslots * 8 or data_size > MAX_DATA):
+        if (homes < 1 or cells > MAX_CELLS or cells < homes + PFM_WINDOW - 1
+                or cells - homes > PFM_MAX_DISTANCE or count > cells or data_size > MAX_DATA):
             raise HashFileError(f"{self.path}: damaged hash table file (impossible header values)")
+        data_offset = HEADER_SIZE + cells * PFM_CELL
         if data_offset + data_size != self.size:
             raise HashFileError(f"{self.path}: damaged hash table file (size {self.size}, "
                                 f"header says {data_offset + data_size}: truncated or extended)")
-        self.view.slots = self.base + HEADER_SIZE
-        self.view.mask = nslots - 1
+        self.view.cells = self.base + HEADER_SIZE
+        self.view.homes = homes
+        self.view.cell_count = cells
         self.view.data = self.base + data_offset
         self.view.data_size = data_size
         self.view.seed = seed
@@ -190,8 +204,8 @@ cdef class HashFile:
         return self.view.count
 
     @property
-    def slot_count(self):
-        return self.view.mask + 1
+    def cell_count(self):
+        return self.view.cell_count
 
     cdef inline int _check_open(self) except -1:
         if self.closed:
@@ -233,7 +247,8 @@ cdef class HashFile:
         if found == 1:
             return PyUnicode_DecodeUTF8(<const char*>value, value_len, "surrogateescape")
         if found < 0:
-            raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
+            raise HashFileError(f"{self.path}: damaged hash table file (a cell or record out "
+                                "of bounds)")
         return None
 
     def get_bytes(self, bytes key):
@@ -249,28 +264,36 @@ cdef class HashFile:
         if found == 1:
             return PyUnicode_DecodeUTF8(<const char*>value, value_len, "surrogateescape")
         if found < 0:
-            raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
+            raise HashFileError(f"{self.path}: damaged hash table file (a cell or record out "
+                                "of bounds)")
         return None
 
     def records(self):
-        """(key bytes, value bytes) of every entry, in slot order."""
-        cdef uint64_t index, slot, offset, klen, vlen
+        """(key bytes, value bytes) of every entry, in cell order."""
+        cdef uint64_t index, offset, klen, vlen
+        cdef const unsigned char* cell
         cdef const unsigned char* record
         self._check_open()
-        for index in range(self.view.mask + 1):
-            slot = pfm_load64(self.view.slots + index * 8)
-            if slot == 0:
+        for index in range(self.view.cell_count):
+            cell = self.view.cells + index * PFM_CELL
+            if cell[0] == 0:
                 continue
-            offset = (slot & PFM_OFFSET_MASK) - 1
-            if offset + 8 > self.view.data_size:
-                raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
-            record = self.view.data + offset
-            klen = pfm_load32(record)
-            vlen = pfm_load32(record + 4)
-            if offset + 8 + klen + vlen > self.view.data_size:
-                raise HashFileError(f"{self.path}: damaged hash table file (record outside the file)")
-            yield (PyBytes_FromStringAndSize(<const char*>record + 8, klen),
-                   PyBytes_FromStringAndSize(<const char*>record + 8 + klen, vlen))
+            if cell[1] != PFM_EXTERNAL:
+                if cell[1] + cell[2] > PFM_ROOM:
+                    raise HashFileError(f"{self.path}: damaged hash table file (cell {index})")
+                record = cell + 4
+                klen = cell[1]
+                vlen = cell[2]
+            else:
+                klen = pfm_load32(cell + 4)
+                vlen = pfm_load32(cell + 8)
+                offset = pfm_load64(cell + 12)
+                if offset > self.view.data_size or klen + vlen > self.view.data_size - offset:
+                    raise HashFileError(f"{self.path}: damaged hash table file (record outside "
+                                        "the file)")
+                record = self.view.data + offset
+            yield (PyBytes_FromStringAndSize(<const char*>record, klen),
+                   PyBytes_FromStringAndSize(<const char*>record + klen, vlen))
 
     def items(self):
         """(key, value) strings of every entry, in slot order (postmap -s)."""
@@ -359,7 +382,7 @@ cdef class HashWriter:
     """
 
     cdef Growable data           # the records
-    cdef Growable index          # per record: hash u64, offset u64, line u64
+    cdef Growable index          # per record: offset u64, line u64
     cdef Growable scratch        # a logical line joined from continuation lines
     cdef Growable keybuf         # a folded key
     cdef int duplicates
@@ -386,19 +409,18 @@ cdef class HashWriter:
 
     def __len__(self):
         """Entries added so far, repeated keys included."""
-        return self.index.size // 24
+        return self.index.size // 16
 
     cdef int _add(self, const unsigned char* key, size_t klen, const unsigned char* value,
                   size_t vlen, uint64_t line) except -1:
-        cdef uint64_t entry[3]
+        cdef uint64_t entry[2]
         cdef unsigned char lengths[8]
         if klen > 0xffffffff or vlen > 0xffffffff:
             raise HashFileError(f"{self.label}:{line}: entry longer than 4 GiB")
         if self.data.size + 8 + klen + vlen > MAX_DATA:
-            raise HashFileError(f"{self.label}: table larger than 1 TiB")
-        entry[0] = pfm_hash(key, klen, 0)  # rehashed with the file's seed when written
-        entry[1] = self.data.size
-        entry[2] = line
+            raise HashFileError(f"{self.label}: table larger than 256 TiB")
+        entry[0] = self.data.size
+        entry[1] = line
         store32(lengths, <uint32_t>klen)
         store32(lengths + 4, <uint32_t>vlen)
         grow(&self.data, 8 + klen + vlen)
@@ -406,7 +428,7 @@ cdef class HashWriter:
         memcpy(self.data.data + self.data.size + 8, key, klen)
         memcpy(self.data.data + self.data.size + 8 + klen, value, vlen)
         self.data.size += 8 + klen + vlen
-        append(&self.index, <unsigned char*>entry, 24)
+        append(&self.index, <unsigned char*>entry, 16)
         return 0
 
     def add(self, bytes key, bytes value, uint64_t line=0):
@@ -528,48 +550,57 @@ cdef class HashWriter:
     def write(self, str path, int mode=0o644, bint sync=True):
         """Write the table to a temporary file beside path, then rename it over path, so a
         reader sees either the old table or the new one. Returns the number of entries."""
-        cdef uint64_t records = self.index.size // 24
-        cdef uint64_t nslots = 16
-        cdef uint64_t seed
-        cdef uint64_t* slots
-        cdef uint64_t* entry
-        cdef uint64_t i, h, at, fingerprint, slot, offset, live = 0
+        cdef uint64_t records = self.index.size // 16
+        cdef uint64_t homes = <uint64_t>(records / LOAD) + 1
+        cdef uint64_t seed = 0, cell_count, i, klen, vlen, source
+        cdef int64_t live = -1
+        cdef unsigned char* cells = NULL
+        cdef unsigned char* cell
+        cdef Growable external
         cdef list duplicates = []
-        while nslots * 3 < records * 4:  # load factor at most 3/4
-            nslots *= 2
-        seed = int.from_bytes(os.urandom(8), "little") | 1
-        slots = <uint64_t*>calloc(nslots, 8)
-        if slots == NULL:
-            raise MemoryError()
+        memset(&external, 0, sizeof(Growable))
         try:
-            for i in range(records):
-                entry = <uint64_t*>(self.index.data + i * 24)
-                offset = entry[1]
-                h = pfm_hash(self.data.data + offset + 8, pfm_load32(self.data.data + offset), seed)
-                at = h & (nslots - 1)
-                fingerprint = h >> PFM_FP_SHIFT
-                while True:
-                    slot = slots[at]
-                    if slot == 0:
-                        slots[at] = (fingerprint << PFM_FP_SHIFT) | (offset + 1)
-                        live += 1
-                        break
-                    if (slot >> PFM_FP_SHIFT) == fingerprint and self._same_key(
-                            (slot & PFM_OFFSET_MASK) - 1, offset):
-                        if self.duplicates == DUP_REPLACE:
-                            slots[at] = (fingerprint << PFM_FP_SHIFT) | (offset + 1)
-                        elif self.duplicates == DUP_WARN:
-                            duplicates.append((offset, entry[2]))
-                        break
-                    at = (at + 1) & (nslots - 1)
+            for attempt in range(8):
+                seed = int.from_bytes(os.urandom(8), "little") | 1
+                if homes + PFM_MAX_DISTANCE > MAX_CELLS:
+                    raise HashFileError(f"{self.label}: too many entries")
+                cells = <unsigned char*>calloc(homes + PFM_MAX_DISTANCE, PFM_CELL)
+                if cells == NULL:
+                    raise MemoryError()
+                duplicates = []
+                live = self._place(cells, homes, seed, duplicates)
+                if live >= 0:
+                    break
+                # A run of more than 255 cells: only keys that hash alike in bulk do that.
+                # Another seed and more room break it up.
+                free(cells)
+                cells = NULL
+                homes += homes // 4 + 1
+            if live < 0:
+                raise HashFileError(f"{self.label}: cannot place the entries in a hash table")
+            cell_count = homes + PFM_WINDOW - 1
+            for i in range(homes + PFM_MAX_DISTANCE - 1, cell_count - 1, -1):
+                if cells[i * PFM_CELL] != 0:
+                    cell_count = i + 1
+                    break
+            # Entries too long for a cell move to the data area, in cell order; their cells
+            # pointed into the records so far.
+            for i in range(cell_count):
+                cell = cells + i * PFM_CELL
+                if cell[0] == 0 or cell[1] != PFM_EXTERNAL:
+                    continue
+                klen = pfm_load32(cell + 4)
+                vlen = pfm_load32(cell + 8)
+                source = pfm_load64(cell + 12)
+                store64(cell + 12, external.size)
+                append(&external, self.data.data + source + 8, klen + vlen)
             for offset, line in duplicates:
-                klen = pfm_load32(self.data.data + offset)
-                key = PyBytes_FromStringAndSize(<const char*>self.data.data + offset + 8, klen)
+                klen = pfm_load32(self.data.data + <uint64_t>offset)
+                key = PyBytes_FromStringAndSize(<const char*>self.data.data + <uint64_t>offset + 8,
+                                                klen)
                 where = f"{self.label}:{line}" if line else self.label
                 self.warnings.append(f'{where}: duplicate entry: "{key.decode("utf-8", "replace")}"')
-            for i in range(nslots):
-                slots[i] = PFM_LE64(slots[i])
-            header = _header(live, nslots, seed, self.data.size)
+            header = _header(live, homes, cell_count, seed, external.size)
             directory, name = os.path.split(os.path.abspath(path))
             temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
             try:
@@ -580,9 +611,9 @@ cdef class HashWriter:
                 try:
                     os.fchmod(fd, mode)  # exactly mode, whatever the umask
                     write_all(fd, <const unsigned char*>PyBytes_AS_STRING(header), HEADER_SIZE)
-                    write_all(fd, <const unsigned char*>slots, nslots * 8)
-                    if self.data.size:
-                        write_all(fd, self.data.data, self.data.size)
+                    write_all(fd, cells, cell_count * PFM_CELL)
+                    if external.size:
+                        write_all(fd, external.data, external.size)
                     if sync and fsync(fd) != 0:
                         raise OSError(errno, os.strerror(errno))
                 finally:
@@ -595,13 +626,88 @@ cdef class HashWriter:
                     pass
                 raise HashFileError(f"write {path}: {error.strerror or error}") from None
         finally:
-            free(slots)
+            free(cells)
+            free(external.data)
         return live
 
-    cdef bint _same_key(self, uint64_t a, uint64_t b) noexcept:
-        cdef uint32_t alen = pfm_load32(self.data.data + a)
-        return alen == pfm_load32(self.data.data + b) and memcmp_eq(
-            self.data.data + a + 8, self.data.data + b + 8, alen)
+    cdef int64_t _place(self, unsigned char* cells, uint64_t homes, uint64_t seed,
+                        list duplicates) except -2:
+        """Every record into its cell, Robin Hood style: a new entry takes the cell of one that
+        is nearer its own home, which moves on. The number of distinct keys, or -1 when some
+        entry would end up more than 255 cells from its home."""
+        cdef uint64_t records = self.index.size // 16
+        cdef uint64_t i, offset, h, at
+        cdef int64_t live = 0
+        cdef uint32_t klen, vlen
+        cdef unsigned int distance
+        cdef const unsigned char* key
+        cdef unsigned char* cell
+        cdef unsigned char carry[64]
+        cdef unsigned char moved[64]
+        cdef bint own
+        for i in range(records):
+            offset = (<uint64_t*>(self.index.data + i * 16))[0]
+            klen = pfm_load32(self.data.data + offset)
+            vlen = pfm_load32(self.data.data + offset + 4)
+            key = self.data.data + offset + 8
+            h = pfm_hash(key, klen, seed)
+            make_cell(carry, key, klen, vlen, h, offset)
+            at = pfm_home(h, homes)
+            distance = 1
+            own = True
+            while True:
+                if distance > PFM_MAX_DISTANCE:
+                    return -1
+                cell = cells + at * PFM_CELL
+                if cell[0] == 0:
+                    carry[0] = distance
+                    memcpy(cell, carry, PFM_CELL)
+                    live += own
+                    break
+                # A key already there sits among the entries of its home, at this distance.
+                if own and cell[0] == distance and cell[3] == carry[3] and self._cell_has(
+                        cell, key, klen):
+                    if self.duplicates == DUP_REPLACE:
+                        carry[0] = distance
+                        memcpy(cell, carry, PFM_CELL)
+                    elif self.duplicates == DUP_WARN:
+                        duplicates.append((offset, (<uint64_t*>(self.index.data + i * 16))[1]))
+                    break
+                if cell[0] < distance:
+                    carry[0] = distance
+                    memcpy(moved, cell, PFM_CELL)
+                    memcpy(cell, carry, PFM_CELL)
+                    memcpy(carry, moved, PFM_CELL)
+                    distance = carry[0]
+                    live += own
+                    own = False
+                at += 1
+                distance += 1
+        return live
+
+    cdef bint _cell_has(self, const unsigned char* cell, const unsigned char* key,
+                        uint32_t klen) noexcept:
+        if cell[1] != PFM_EXTERNAL:
+            return cell[1] == klen and memcmp_eq(cell + 4, key, klen)
+        return pfm_load32(cell + 4) == klen and memcmp_eq(
+            self.data.data + pfm_load64(cell + 12) + 8, key, klen)
+
+
+cdef void make_cell(unsigned char* cell, const unsigned char* key, uint32_t klen, uint32_t vlen,
+                    uint64_t h, uint64_t record) noexcept nogil:
+    """The cell for an entry (distance left 0); `record` is where its record is for now."""
+    memset(cell, 0, PFM_CELL)
+    cell[3] = h & 0xff
+    if <uint64_t>klen + vlen <= PFM_ROOM:
+        cell[1] = klen
+        cell[2] = vlen
+        memcpy(cell + 4, key, klen + vlen)  # the value follows the key in the record too
+        return
+    cell[1] = PFM_EXTERNAL
+    store32(cell + 4, klen)
+    store32(cell + 8, vlen)
+    store64(cell + 12, record)
+    memcpy(cell + 20, key, klen if klen < PFM_PREFIX else PFM_PREFIX)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,6 +728,9 @@ def bench_lookups(HashFile table, list keys, int rounds=1, int batch=0):
     cdef size_t value_len
     cdef Py_ssize_t found = 0
     cdef object key
+    cdef PyObject* item
+    cdef const HashView* view = &table.view
+    cdef bint fold = table.fold
     table._check_open()
     if batch > 64:
         batch = 64
@@ -652,16 +761,21 @@ def bench_lookups(HashFile table, list keys, int rounds=1, int batch=0):
                     for j in range(m):
                         found += queries[j].found == 1
                 continue
+            # Borrowed references and the str's own bytes: only the search itself in the loop.
             for i in range(count):
-                key = keys[i]
-                raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
+                item = PyList_GET_ITEM(keys, i)
+                if PyUnicode_CheckExact(<object>item) and PyUnicode_IS_COMPACT_ASCII(<object>item):
+                    raw = <const unsigned char*>PyUnicode_DATA(<object>item)
+                    n = PyUnicode_GET_LENGTH(<object>item)
+                else:
+                    raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(<object>item, &n)
                 if n > KEY_STACK:
                     continue
-                if table.fold:
+                if fold:
                     ascii_fold(raw, n, folded)
-                    found += hashview_find(&table.view, folded, n, &value, &value_len) == 1
+                    found += hashview_find(view, folded, n, &value, &value_len) == 1
                 else:
-                    found += hashview_find(&table.view, raw, n, &value, &value_len) == 1
+                    found += hashview_find(view, raw, n, &value, &value_len) == 1
     finally:
         if batch > 0:
             free(area)

@@ -318,13 +318,53 @@ def test_replaced_database_is_picked_up(tmp_path, monkeypatch):
     assert maps.get("alpha") == "changed"
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "magic", "header", "extended", "slot",
-                                    "record"])
-def test_damaged_file_is_a_clean_error(tmp_path, damage):
+def header_check(header):
+    """The header's check value: ext/hashtable.pxd's pfm_hash of its first 56 bytes, seed 0."""
+    mask = (1 << 64) - 1
+
+    def mix(a, b):
+        product = a * b
+        return (product & mask) ^ (product >> 64)
+
+    def load(at, size):
+        return int.from_bytes(header[at:at + size], "little")
+
+    k0, k1, k2, k3 = (0xa0761d6478bd642f, 0xe7037ed1a0b428db, 0x8ebc6af09c88c6e3,
+                      0x589965cc75374cc3)
+    h = mix(k0, k1)
+    at, left = 0, 56
+    while left > 16:
+        h = mix(load(at, 8) ^ k1, load(at + 8, 8) ^ h)
+        at, left = at + 16, left - 16
+    a, b = load(at, 8), load(at + left - 8, 8)  # 8 < left <= 16 for 56 bytes
+    return mix(k1 ^ 56, mix(a ^ k1, b ^ h ^ k2) ^ k3).to_bytes(8, "little")
+
+
+def test_old_format_says_rebuild(tmp_path):
     path = make_table(tmp_path)
     db = database_path(path)
     data = bytearray(open(db, "rb").read())
-    nslots = int.from_bytes(data[24:32], "little")
+    assert data[56:64] == header_check(data[:56])
+    data[8:12] = (1).to_bytes(4, "little")
+    data[56:64] = header_check(data[:56])
+    with open(db, "wb") as handle:
+        handle.write(data)
+    with pytest.raises(TableError, match=f"{db}: hash table file format version 1, this program "
+                       "reads version 2: rebuild it with pyfastmta postmap"):
+        open_table(f"hash:{path}")
+
+
+# One entry too long for its cell, so that the data area has a record to damage.
+DAMAGE_SOURCE = "alpha 1\nBeta 2\ngamma " + "long value " * 10 + "\n"
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "magic", "header", "extended", "cell",
+                                    "record", "distance"])
+def test_damaged_file_is_a_clean_error(tmp_path, damage):
+    path = make_table(tmp_path, DAMAGE_SOURCE)
+    db = database_path(path)
+    data = bytearray(open(db, "rb").read())
+    cells = int.from_bytes(data[32:40], "little")
     if damage == "empty":
         data = bytearray()
     elif damage == "truncated":
@@ -336,18 +376,23 @@ def test_damaged_file_is_a_clean_error(tmp_path, damage):
     elif damage == "extended":
         data += b"\0" * 100
     else:
-        for index in range(nslots):
-            at = 64 + index * 8
-            slot = int.from_bytes(data[at:at + 8], "little")
-            if slot:
-                if damage == "slot":  # points far past the end of the file
-                    data[at:at + 8] = ((slot >> 40 << 40) | (1 << 39)).to_bytes(8, "little")
-                else:  # the record it points to claims a huge key
-                    offset = 64 + nslots * 8 + (slot & ((1 << 40) - 1)) - 1
-                    data[offset:offset + 4] = (0xFFFFFFF0).to_bytes(4, "little")
+        for index in range(cells):
+            at = 64 + index * 64
+            if damage == "distance":  # every cell claims to be 254 cells from its home
+                data[at] = 255
+            elif data[at] and data[at + 1] != 255 and damage == "cell":
+                data[at + 2] = 200  # a value running past the end of its cell
+            elif data[at] and data[at + 1] == 255 and damage == "record":
+                data[at + 12:at + 20] = (1 << 40).to_bytes(8, "little")  # past the data area
     with open(db, "wb") as handle:
         handle.write(data)
-    if damage in ("slot", "record"):
+    if damage == "distance":
+        # A search stops within 255 cells or at the last one, and finds no entry at its own
+        # distance.
+        table = open_table(f"hash:{path}")
+        assert [table.get(key) for key in ("alpha", "beta", "nothing")] == [None, None, None]
+        return
+    if damage in ("cell", "record"):
         # The header is sound, so the file opens; the lookups that land on the damage fail.
         table = open_table(f"hash:{path}")
         with pytest.raises(HashFileError, match=db):
@@ -371,6 +416,80 @@ def test_c_level_search_and_its_lifetime(tmp_path):
     with pytest.raises(HashFileError, match="closed"):
         file.get("alpha")
     del capsule  # the mapping goes with the last capsule; nothing left to crash on
+
+
+# Lengths around the file's limits: an entry of up to 60 key and value bytes lives in its cell,
+# a longer one in the data area with its key's first 44 bytes in the cell; key lengths of 255
+# and more do not fit the cell's length byte.
+BOUNDARY_ENTRIES = [
+    (b"", b"empty key"), (b"k", b""), (b"a" * 60, b""), (b"b" * 59, b"v"), (b"c" * 30, b"v" * 30),
+    (b"d" * 30, b"v" * 31), (b"e" * 44, b"v" * 20), (b"f" * 45, b"v" * 20), (b"g" * 61, b""),
+    (b"h" * 254, b"x"), (b"i" * 255, b"y"), (b"j" * 256, b"z"), (b"k" * 5000, b"w" * 70000),
+]
+
+
+def test_entries_of_every_length(tmp_path):
+    writer = HashWriter("warn", "label")
+    for key, value in BOUNDARY_ENTRIES:
+        writer.add(key, value)
+    path = str(tmp_path / "lengths.pfm")
+    assert writer.write(path, 0o600, False) == len(BOUNDARY_ENTRIES)
+    file = HashFile(path, False)
+    try:
+        for key, value in BOUNDARY_ENTRIES:
+            assert file.get_bytes(key) == value.decode()
+            # The same length and first bytes, another last byte: found by no search.
+            if key:
+                assert file.get_bytes(key[:-1] + b"#") is None
+            assert file.get_bytes(key + b"#") is None
+        assert sorted(file.records()) == sorted(BOUNDARY_ENTRIES)
+        keys = [key.decode() for key, _ in BOUNDARY_ENTRIES if len(key) <= 512]
+        keys += [key + "#" for key in keys]
+        assert bench_lookups(file, keys) == len(keys) // 2
+        assert bench_lookups(file, keys, 1, 5) == len(keys) // 2
+    finally:
+        file.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.binary(max_size=70), st.binary(max_size=70), max_size=300),
+       st.lists(st.binary(max_size=70), max_size=50))
+def test_any_entries_found_as_a_dict_finds_them(tmp_path_factory, entries, others):
+    writer = HashWriter("warn", "label")
+    for key, value in entries.items():
+        writer.add(key, value)
+    path = str(tmp_path_factory.mktemp("any") / "table.pfm")
+    assert writer.write(path, 0o600, False) == len(entries)
+    file = HashFile(path, False)
+    try:
+        for key in list(entries) + others:
+            expected = entries.get(key)
+            assert file.get_bytes(key) == (None if expected is None else
+                                           expected.decode("utf-8", "surrogateescape"))
+        assert dict(file.records()) == entries and len(file) == len(entries)
+    finally:
+        file.close()
+
+
+def test_many_entries_with_long_runs(tmp_path):
+    # Enough entries for runs of many cells (Robin Hood moves), found again from Cython one key
+    # at a time and in batches, every present key and as many absent ones.
+    writer = HashWriter("warn", "label")
+    for i in range(50_000):
+        writer.add(f"user{i}@example{i % 7}.com".encode(), b"x" * (i % 90))
+    path = str(tmp_path / "many.pfm")
+    assert writer.write(path, 0o600, False) == 50_000
+    file = HashFile(path)
+    try:
+        assert file.cell_count > 50_000
+        keys = [f"User{i}@Example{i % 7}.com" for i in range(0, 100_000, 3)]
+        present = sum(1 for i in range(0, 100_000, 3) if i < 50_000)
+        assert bench_lookups(file, keys) == present
+        assert bench_lookups(file, keys, 1, 16) == present
+        assert all(file.get(f"USER{i}@EXAMPLE{i % 7}.COM") == "x" * (i % 90)
+                   for i in range(0, 50_000, 7))
+    finally:
+        file.close()
 
 
 def test_writer_duplicates_and_large_keys(tmp_path):
