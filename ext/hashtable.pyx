@@ -497,13 +497,18 @@ cdef class HashWriter:
         cdef bint quoted = False
         cdef unsigned char c
         cdef bytes folded
-        if smtputf8 and has_high(text, n):
+        # Postfix reads the line as a C string: a NUL byte ends it. Its UTF-8 check (3.7) still
+        # covers the whole line unless the text before the NUL is plain, non-empty ASCII.
+        cdef const unsigned char* nul = <const unsigned char*>memchr(text, 0, n)
+        cdef size_t visible = <size_t>(nul - text) if nul != NULL else n
+        if smtputf8 and (visible == 0 or has_high(text, visible)) and has_high(text, n):
             try:
                 PyUnicode_DecodeUTF8(<const char*>text, n, NULL)
             except UnicodeDecodeError:
-                self.warnings.append(f'{self.label}:{line}: non-UTF-8 input "{_display(<const unsigned char[:n]>text)}" '
-                                     "-- ignoring this line")
+                shown = _display(<const unsigned char[:visible]>text) if visible else ""
+                self.warnings.append(f'{self.label}:{line}: non-UTF-8 input "{shown}" -- ignoring this line')
                 return 0
+        n = visible
         # The key ends at the first white space outside double quotes; a backslash takes the
         # next character as it is (postmap keeps the quotes and backslashes in the key).
         while k < n:

@@ -137,6 +137,19 @@ def test_edge_cases_match_postfix(tmp_path, smtputf8):
     assert len(expected) > 20  # the comparison covered real entries, not only misses
 
 
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_nul_bytes_end_a_line_as_in_postfix(tmp_path, smtputf8):
+    """postmap reads each line as a C string: a NUL ends it (and its UTF-8 check still sees the
+    rest of the line unless the text before the NUL is plain ASCII)."""
+    source = (b"a\0b value1\nkey2 val\0ue2\n\0lead x\nplain v\nutf\xc3\xa9 \xff\0x\n"
+              b"ok\0\xff tail\nmore\xc3\xa9 v\0\xff\n")
+    config, (theirs, ours) = compile_both(str(tmp_path), source, smtputf8)
+    keys = ["a", "key2", "plain", "utf\u00e9", "lead", "ok", "more\u00e9", "b"]
+    expected = postfix_answers(POSTMAP, config, f"hash:{theirs}", keys)
+    assert our_answers(f"hash:{ours}", keys, smtputf8) == expected
+    assert "key2" in expected
+
+
 def test_thousands_of_generated_keys_match_postfix(tmp_path):
     rng = random.Random(4)
     words = ["alice", "Bob", "postmaster", "ÉLISE", "straße", "info", "x"]
