@@ -180,7 +180,7 @@ def scan_headers(buf, Py_ssize_t max_header_size=102400):
     `oversized` but does not stop the scan.
     """
     cdef HeaderBlock block = HeaderBlock.__new__(HeaderBlock)
-    cdef Py_ssize_t size, pos, line_start, line_end, next_line, name_end, value_start
+    cdef Py_ssize_t size, pos, line_start, line_end, next_line, name_end, colon, value_start
     cdef const unsigned char* data
     cdef const unsigned char* lf
     cdef HeaderField* current = NULL
@@ -219,11 +219,15 @@ def scan_headers(buf, Py_ssize_t max_header_size=102400):
             name_end = line_start
             while name_end < line_end and is_name_char(data[name_end]):
                 name_end += 1
-            if name_end == line_start or name_end == line_end or data[name_end] != CHAR_COLON:
+            # RFC 5322's obsolete syntax (and Postfix's is_header) allow SP/HT before the colon.
+            colon = name_end
+            while colon < line_end and is_wsp(data[colon]):
+                colon += 1
+            if name_end == line_start or colon == line_end or data[colon] != CHAR_COLON:
                 block.header_end = line_start
                 block.body_offset = line_start
                 break
-            value_start = name_end + 1
+            value_start = colon + 1
             while value_start < line_end and is_wsp(data[value_start]):
                 value_start += 1
             current = block._add_field()

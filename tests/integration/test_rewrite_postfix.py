@@ -120,6 +120,8 @@ HEADER_SETTINGS = {
 }
 LONG_NAME = "Very Long Display Name " * 12
 HEADER_MESSAGES = [
+    # obsolete syntax: white space between a header name and its colon
+    ("s@remote.example", ["r@dest.example"], "From : a@canon.example\r\nTo\t: rc@canon.example\r\n"),
     # display names, canonical per class
     ("s@remote.example", ["r@dest.example"],
      'From: "Joe Q. Public" <a@canon.example>\r\nTo: rc@canon.example, Mary <rc@canon.example>\r\n'),
@@ -192,7 +194,7 @@ SCENARIOS.update({
         "settings": {**HEADER_SETTINGS, "mynetworks": "127.0.0.2/32",
                      "local_header_rewrite_clients": "permit_mynetworks", "relay_domains": "dest.example"},
         "tables": HEADER_TABLES,
-        "messages": HEADER_MESSAGES[:3] + HEADER_MESSAGES[9:10],
+        "messages": HEADER_MESSAGES[1:4] + HEADER_MESSAGES[10:11],
     },
     # The same client with remote_header_rewrite_domain set: the "remote" context.
     "headers_remote_domain": {
@@ -200,7 +202,7 @@ SCENARIOS.update({
                      "local_header_rewrite_clients": "permit_mynetworks", "relay_domains": "dest.example",
                      "remote_header_rewrite_domain": "rw.example"},
         "tables": HEADER_TABLES,
-        "messages": HEADER_MESSAGES[:4] + HEADER_MESSAGES[6:7] + HEADER_MESSAGES[9:10],
+        "messages": HEADER_MESSAGES[1:4] + HEADER_MESSAGES[7:8] + HEADER_MESSAGES[10:11],
     },
 })
 
