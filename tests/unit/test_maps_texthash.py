@@ -136,9 +136,12 @@ def test_sequence_lists_what_postfix_lists(tmp_path, smtputf8_enable):
     assert ours == theirs and len(ours) == (5 if smtputf8_enable else 6)
 
 
+_TABLES = tempfile.TemporaryDirectory(prefix="pyfastmta-maps-")  # removed when the module goes
+
+
 def maps(*tables: dict[str, str]) -> Maps:
     """A Maps list of texthash: tables written from the given entries."""
-    directory = Path(tempfile.mkdtemp(prefix="pyfastmta-maps-"))
+    directory = Path(tempfile.mkdtemp(dir=_TABLES.name))
     specs = []
     for number, entries in enumerate(tables):
         path = directory / f"table{number}"
