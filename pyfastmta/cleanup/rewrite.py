@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from pyfastmta._ext.address import (fold_address_header, parse_address_list, quote_local,
                                     rewrite_address, unquote_local)
-from pyfastmta.maps.addresses import AddressSearch
+from pyfastmta.maps.addresses import AddressSearch, find_unquoted
 from pyfastmta.maps.registry import parameter_maps
 from pyfastmta.maps.table import Maps
 
@@ -41,26 +41,6 @@ _VIRTUAL_ADDRESS_LIMIT = 1000
 class AliasExpansionError(Exception):
     """A virtual alias nested or expanded beyond its limits: the message is not accepted now
     (451 4.6.0), as Postfix defers it."""
-
-
-def _find_unquoted(text: str, wanted: str, last: bool = False) -> int:
-    """Position of the first (or last) `wanted` outside double quotes and backslash escapes."""
-    if '"' not in text and "\\" not in text:
-        return text.rfind(wanted) if last else text.find(wanted)
-    found = -1
-    quoted = escaped = False
-    for position, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == wanted and not quoted:
-            if not last:
-                return position
-            found = position
-    return found
 
 
 class LocalContext:
@@ -82,19 +62,19 @@ class LocalContext:
         if address == "@":
             return ""
         if address.startswith("@"):
-            colon = _find_unquoted(address, ":")
+            colon = find_unquoted(address, ":")
             if 0 < colon < len(address) - 1:
                 address = address[colon + 1:]
-        if _find_unquoted(address, "@", last=True) < 0:
-            bang = _find_unquoted(address, "!")
-            percent = _find_unquoted(address, "%", last=True)
+        if find_unquoted(address, "@", last=True) < 0:
+            bang = find_unquoted(address, "!")
+            percent = find_unquoted(address, "%", last=True)
             if self.swap_bangpath and bang >= 0:
                 address = f"{address[bang + 1:]}@{address[:bang]}"
             elif self.allow_percent_hack and percent >= 0:
                 address = f"{address[:percent]}@{address[percent + 1:]}"
             elif self.append_at_myorigin and self.myorigin:
                 address = f"{address}@{self.myorigin}"
-        at = _find_unquoted(address, "@", last=True)
+        at = find_unquoted(address, "@", last=True)
         if self.append_dot_mydomain and self.mydomain and 0 <= at < len(address) - 1:
             domain = address[at + 1:]
             if "." not in domain and not domain.startswith("["):
@@ -175,7 +155,7 @@ class EnvelopeRewriter:
             return None
         value, extension = found
         if value.startswith("@"):
-            at = _find_unquoted(address, "@", last=True)
+            at = find_unquoted(address, "@", last=True)
             user = address[:at] if at >= 0 else address
             if extension:
                 user = user[:len(user) - len(extension)]
@@ -184,7 +164,7 @@ class EnvelopeRewriter:
         for item in _split_addresses(value):
             item = self.local.rewrite(item)
             if propagate and extension:
-                at = _find_unquoted(item, "@", last=True)
+                at = find_unquoted(item, "@", last=True)
                 item = item[:at] + extension + item[at:] if at >= 0 else item + extension
             results.append(item)
         if not results and self._warn is not None:
@@ -240,7 +220,7 @@ class EnvelopeRewriter:
         the user is in masquerade_exceptions."""
         if not self.masquerade_domains:
             return address
-        at = _find_unquoted(address, "@", last=True)
+        at = find_unquoted(address, "@", last=True)
         if at < 0:
             return address
         user, domain = address[:at], address[at + 1:]

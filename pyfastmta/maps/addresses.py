@@ -74,3 +74,23 @@ class AddressSearch:
             return None
         position, value = found
         return value, keys[position][1]
+
+
+def find_unquoted(text: str, wanted: str, last: bool = False) -> int:
+    """Position of the first (or last) `wanted` outside double quotes and backslash escapes."""
+    if '"' not in text and "\\" not in text:
+        return text.rfind(wanted) if last else text.find(wanted)
+    found = -1
+    quoted = escaped = False
+    for position, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == wanted and not quoted:
+            if not last:
+                return position
+            found = position
+    return found

@@ -12,8 +12,8 @@ database is complete.
 from __future__ import annotations
 
 from pyfastmta._ext.hashtable import HashFileError, HashWriter
-from pyfastmta.maps.hashfile import database_mode, database_path
-from pyfastmta.maps.source import fold_key
+from pyfastmta.maps.hashfile import database_mode, database_path, read_source_file
+from pyfastmta.maps.source import fold_key, read_logical_lines
 from pyfastmta.maps.table import TableError
 
 _SPACE = " \t\n\v\f\r"
@@ -154,34 +154,12 @@ def parse_entry(text: str) -> tuple[str, str] | str:
     return name, externalize(tokens[colon + 1:])
 
 
-def _logical_lines(source: bytes, label: str, warnings: list[str]):
-    """(line number, text) of each logical line, as postmap's source reader makes them."""
-    start = 0
-    parts: list[bytes] = []
-    for number, line in enumerate(source.split(b"\n"), 1):
-        stripped = line.strip(_SPACE.encode())
-        if not stripped or stripped.startswith(b"#"):
-            continue
-        if line[:1] in (b" ", b"\t", b"\v", b"\f", b"\r"):
-            if not parts:
-                warnings.append(f"{label}:{number}: logical line must not start with whitespace: "
-                                f'"{line.decode("utf-8", "replace")}"')
-                continue
-            parts.append(line)
-            continue
-        if parts:
-            yield start, b"".join(parts)
-        start, parts = number, [line]
-    if parts:
-        yield start, b"".join(parts)
-
-
 def add_aliases(writer: HashWriter, source: bytes, label: str, *, fold: bool = True,
                 smtputf8: bool = True) -> int:
     """The aliases in source added to writer; warnings go to writer's list through add()."""
     warnings: list[str] = []
     added = 0
-    for number, raw in _logical_lines(source, label, warnings):
+    for number, raw in read_logical_lines(source, label, warnings, utf8=smtputf8):
         try:
             text = raw.decode("utf-8") if smtputf8 else raw.decode("utf-8", "surrogateescape")
         except UnicodeDecodeError:
@@ -205,11 +183,7 @@ def add_aliases(writer: HashWriter, source: bytes, label: str, *, fold: bool = T
 def compile_aliases(name: str, *, fold: bool = True, smtputf8: bool = True,
                     on_duplicate: str = "warn", inherit_mode: bool = True) -> tuple[int, list[str]]:
     """Compile the aliases file `name` into its database; (entries, warnings)."""
-    try:
-        with open(name, "rb") as handle:
-            source = handle.read()
-    except OSError as error:
-        raise TableError(f"open {name}: {error.strerror}") from None
+    source = read_source_file(name)
     writer = HashWriter(on_duplicate, name)
     add_aliases(writer, source, name, fold=fold, smtputf8=smtputf8)
     # Sendmail's readers take an "@" entry to mean the database is complete.

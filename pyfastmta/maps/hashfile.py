@@ -79,15 +79,20 @@ def open_hash(name: str, options, *, fold: bool = True) -> HashTable:
     return HashTable(name, file, signature, warnings)
 
 
+def read_source_file(name: str) -> bytes:
+    """The bytes of a source file that postmap or postalias compiles."""
+    try:
+        with open(name, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise TableError(f"open {name}: {error.strerror}") from None
+
+
 def compile_source(name: str, *, fold: bool = True, smtputf8: bool = True,
                    on_duplicate: str = "warn", inherit_mode: bool = True,
                    sync: bool = True) -> tuple[int, list[str]]:
     """Compile the postmap source file `name` into its database; (entries, warnings)."""
-    try:
-        with open(name, "rb") as handle:
-            source = handle.read()
-    except OSError as error:
-        raise TableError(f"open {name}: {error.strerror}") from None
+    source = read_source_file(name)
     writer = HashWriter(on_duplicate, name)
     writer.add_source(source, fold, smtputf8)
     del source

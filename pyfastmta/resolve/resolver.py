@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyfastmta.maps import Maps
-from pyfastmta.maps.addresses import AddressSearch
+from pyfastmta.maps.addresses import AddressSearch, find_unquoted
 from pyfastmta.maps.matchlist import DomainList
 from pyfastmta.resolve.transport import (
     DEFAULT_PARENT_DOMAIN_MATCHES_SUBDOMAINS,
@@ -161,17 +161,7 @@ def _split_transport(value: str) -> tuple[str, str]:
 
 def _split_address(address: str) -> tuple[str, str | None]:
     """(local part, domain) at the last "@" outside double quotes; domain None when there is none."""
-    quoted = escaped = False
-    at = -1
-    for position, char in enumerate(address):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "@" and not quoted:
-            at = position
+    at = find_unquoted(address, "@", last=True)
     if at < 0:
         return address, None
     return address[:at], address[at + 1:]
