@@ -313,6 +313,16 @@ def canonical_address(external):
     return _like(_canonical(_as_text(external)), not isinstance(external, str))
 
 
+def requote_local(external):
+    """An external-form address as Postfix writes it back after reading it (internal form, then
+    quoted again): needless quotes go, needed ones come (`"a.b"@x` is `a.b@x`, `a..b@x` is
+    `"a..b"@x`)."""
+    cdef str text = _as_text(external)
+    if '"' in text or "\\" in text:
+        text = _unquote_local(text)
+    return _like(_quote_local(text), not isinstance(external, str))
+
+
 def quote_local(internal):
     """The external (quoted) form of an internal address: the local part quoted unless it is a
     dot-string; a source route is left as it is."""

@@ -60,28 +60,54 @@ cdef extern from *:
         __uint128_t r = (__uint128_t)a * b;
         return (uint64_t)r ^ (uint64_t)(r >> 64);
     }
+    /* A-Z lower-cased in the eight bytes of w, without a branch or a carry between bytes. */
+    static inline uint64_t pfm_fold64(uint64_t w) {
+        const uint64_t high = 0x8080808080808080ull;
+        uint64_t low = w & ~high;
+        uint64_t above_z = low + 0x2525252525252525ull;   /* bit 7 set where the byte > 'Z' */
+        uint64_t from_a = low + 0x3f3f3f3f3f3f3f3full;    /* bit 7 set where the byte >= 'A' */
+        return w | (((from_a & ~above_z & ~w) & high) >> 2);
+    }
+    /* Key bytes as the table holds them: with fold, as pfm_ascii_fold() would have copied them.
+       Searches fold while they read, rather than copying the key first: a copy made of byte
+       stores and read back in words cannot be forwarded from the store buffer, and would hold
+       every search up until the one before it has finished waiting for memory. */
+    static inline uint64_t pfm_key64(const unsigned char *p, int fold) {
+        uint64_t v = pfm_load64(p); return fold ? pfm_fold64(v) : v;
+    }
+    static inline uint64_t pfm_key32(const unsigned char *p, int fold) {
+        uint64_t v = pfm_load32(p); return fold ? pfm_fold64(v) : v;
+    }
+    static inline uint64_t pfm_key8(unsigned char c, int fold) {
+        return (fold && c >= 'A' && c <= 'Z') ? c + 32 : c;
+    }
     /* A multiply-mix hash in the style of wyhash: fast on short keys, seeded per file. */
-    static inline uint64_t pfm_hash(const unsigned char *p, size_t n, uint64_t seed) {
+    static inline uint64_t pfm_hash_key(const unsigned char *p, size_t n, uint64_t seed,
+                                        int fold) {
         const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull,
                        k2 = 0x8ebc6af09c88c6e3ull, k3 = 0x589965cc75374cc3ull;
         uint64_t h = seed ^ pfm_mix(seed ^ k0, k1);
         uint64_t a = 0, b = 0;
         size_t left = n;
         while (left > 16) {
-            h = pfm_mix(pfm_load64(p) ^ k1, pfm_load64(p + 8) ^ h);
+            h = pfm_mix(pfm_key64(p, fold) ^ k1, pfm_key64(p + 8, fold) ^ h);
             p += 16;
             left -= 16;
         }
         if (left > 8) {
-            a = pfm_load64(p);
-            b = pfm_load64(p + left - 8);
+            a = pfm_key64(p, fold);
+            b = pfm_key64(p + left - 8, fold);
         } else if (left >= 4) {
-            a = pfm_load32(p);
-            b = pfm_load32(p + left - 4);
+            a = pfm_key32(p, fold);
+            b = pfm_key32(p + left - 4, fold);
         } else if (left > 0) {
-            a = ((uint64_t)p[0] << 16) | ((uint64_t)p[left >> 1] << 8) | p[left - 1];
+            a = (pfm_key8(p[0], fold) << 16) | (pfm_key8(p[left >> 1], fold) << 8)
+                | pfm_key8(p[left - 1], fold);
         }
         return pfm_mix(k1 ^ (uint64_t)n, pfm_mix(a ^ k1, b ^ h ^ k2) ^ k3);
+    }
+    static inline uint64_t pfm_hash(const unsigned char *p, size_t n, uint64_t seed) {
+        return pfm_hash_key(p, n, seed, 0);
     }
     /* The home cell: the high part of h x home cells, any cell count without a modulo. */
     static inline uint64_t pfm_home(uint64_t h, uint64_t homes) {
@@ -92,15 +118,12 @@ cdef extern from *:
        of 0x80 and above (keys that need full Unicode folding when smtputf8_enable is on). */
     static inline uint64_t pfm_ascii_fold(const unsigned char *key, size_t n, unsigned char *out) {
         const uint64_t high = 0x8080808080808080ull;
-        uint64_t seen = 0, w, low, above_z, from_a;
+        uint64_t seen = 0, w;
         size_t i = 0;
         for (; i + 8 <= n; i += 8) {
             memcpy(&w, key + i, 8);
             seen |= w;
-            low = w & ~high;
-            above_z = low + 0x2525252525252525ull;   /* bit 7 set where the byte > 'Z' */
-            from_a = low + 0x3f3f3f3f3f3f3f3full;    /* bit 7 set where the byte >= 'A' */
-            w |= ((from_a & ~above_z & ~w) & high) >> 2;
+            w = pfm_fold64(w);
             memcpy(out + i, &w, 8);
         }
         for (; i < n; i++) {
@@ -109,6 +132,38 @@ cdef extern from *:
             out[i] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
         }
         return seen & high;
+    }
+
+    /* Nonzero when the key has bytes of 0x80 and above; reads only. */
+    static inline uint64_t pfm_high_bytes(const unsigned char *key, size_t n) {
+        uint64_t seen = 0, w;
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&w, key + i, 8);
+            seen |= w;
+        }
+        for (; i < n; i++)
+            seen |= key[i];
+        return seen & 0x8080808080808080ull;
+    }
+
+    /* Whether the n bytes at a (in the file) are the key's n bytes (folded with fold): eight
+       at a time, without a branch on the bytes themselves. */
+    static inline int pfm_equal(const unsigned char *a, const unsigned char *key, size_t n,
+                                int fold) {
+        uint64_t diff = 0;
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            diff |= pfm_load64(a + i) ^ pfm_key64(key + i, fold);
+        if (i < n) {
+            if (n >= 8) {   /* the last eight bytes, overlapping what was compared */
+                diff |= pfm_load64(a + n - 8) ^ pfm_key64(key + n - 8, fold);
+            } else {
+                for (; i < n; i++)
+                    diff |= a[i] ^ pfm_key8(key[i], fold);
+            }
+        }
+        return diff == 0;
     }
 
     typedef struct {
@@ -125,7 +180,7 @@ cdef extern from *:
        outside what the file holds. An external cell is returned once its length, tag and prefix
        match: pfm_external() finishes the comparison. */
     static inline const unsigned char *pfm_probe(const PfmHashView *v, const unsigned char *key,
-                                                 size_t n, uint64_t h, int *damaged) {
+                                                 size_t n, uint64_t h, int *damaged, int fold) {
         uint64_t i = pfm_home(h, v->homes);
         unsigned tag = (unsigned)(h & 0xff);
         unsigned distance = 1;
@@ -140,14 +195,14 @@ cdef extern from *:
                 continue;
             if (c[1] == PFM_EXTERNAL) {
                 if (pfm_load32(c + 4) == n
-                        && memcmp(c + 20, key, n < PFM_PREFIX ? n : PFM_PREFIX) == 0)
+                        && pfm_equal(c + 20, key, n < PFM_PREFIX ? n : PFM_PREFIX, fold))
                     return c;
             } else if (c[1] == n) {
                 if (n + c[2] > PFM_ROOM) {
                     *damaged = 1;
                     return NULL;
                 }
-                if (memcmp(c + 4, key, n) == 0)
+                if (pfm_equal(c + 4, key, n, fold))
                     return c;
             }
         }
@@ -157,39 +212,16 @@ cdef extern from *:
        not, -1 when the record lies outside the data area. */
     static inline int pfm_external(const PfmHashView *v, const unsigned char *c,
                                    const unsigned char *key, size_t n,
-                                   const unsigned char **value, size_t *value_len) {
+                                   const unsigned char **value, size_t *value_len, int fold) {
         uint64_t klen = pfm_load32(c + 4), vlen = pfm_load32(c + 8), offset = pfm_load64(c + 12);
         if (offset > v->data_size || klen + vlen > v->data_size - offset)
             return -1;
-        if (n > PFM_PREFIX && memcmp(v->data + offset + PFM_PREFIX, key + PFM_PREFIX,
-                                     n - PFM_PREFIX) != 0)
+        if (n > PFM_PREFIX && !pfm_equal(v->data + offset + PFM_PREFIX, key + PFM_PREFIX,
+                                         n - PFM_PREFIX, fold))
             return 0;
         *value = v->data + offset + klen;
         *value_len = vlen;
         return 1;
-    }
-
-    /* Whether the n <= PFM_ROOM bytes at a (inside a cell) are the key's n bytes: eight at a
-       time, without a branch on the bytes themselves. */
-    static inline int pfm_equal_short(const unsigned char *a, const unsigned char *key, size_t n) {
-        uint64_t x, y, diff = 0;
-        size_t i = 0;
-        for (; i + 8 <= n; i += 8) {
-            memcpy(&x, a + i, 8);
-            memcpy(&y, key + i, 8);
-            diff |= x ^ y;
-        }
-        if (i < n) {
-            if (n >= 8) {   /* the last eight bytes, overlapping what was compared */
-                memcpy(&x, a + n - 8, 8);
-                memcpy(&y, key + n - 8, 8);
-                diff |= x ^ y;
-            } else {
-                for (; i < n; i++)
-                    diff |= (uint64_t)(a[i] ^ key[i]);
-            }
-        }
-        return diff == 0;
     }
 
     /* pfm_probe() for any key, quicker for the keys that fit a cell: most searches end in the
@@ -197,7 +229,7 @@ cdef extern from *:
        branches and few instructions, so that the processor can go on to the caller's next
        search while this one waits for memory. */
     static inline const unsigned char *pfm_locate(const PfmHashView *v, const unsigned char *key,
-                                                  size_t n, uint64_t h, int *damaged) {
+                                                  size_t n, uint64_t h, int *damaged, int fold) {
         /* A file has a cell after the last home cell, so both exist. */
         const unsigned char *c0 = v->cells + pfm_home(h, v->homes) * PFM_CELL;
         const unsigned char *c1 = c0 + PFM_CELL, *c;
@@ -208,7 +240,7 @@ cdef extern from *:
             int m0 = w0 == (tag | ((uint32_t)n << 8) | 1);
             int m1 = w1 == (tag | ((uint32_t)n << 8) | 2);
             c = m0 ? c0 : c1;
-            if ((m0 | m1) && pfm_equal_short(c + 4, key, n)) {
+            if ((m0 | m1) && pfm_equal(c + 4, key, n, fold)) {
                 if (n + c[2] > PFM_ROOM) {
                     *damaged = 1;
                     return NULL;
@@ -220,13 +252,16 @@ cdef extern from *:
             if (c0[0] == 0 || (c1[0] < 2 && !m0 && w0 != (tag | (PFM_EXTERNAL << 8) | 1)))
                 return NULL;
         }
-        return pfm_probe(v, key, n, h, damaged);
+        return pfm_probe(v, key, n, h, damaged, fold);
     }
 
-    static inline int pfm_find_hashed(const PfmHashView *v, const unsigned char *key, size_t n,
-                                      uint64_t h, const unsigned char **value, size_t *value_len) {
+    /* 1 and the value when the key (folded with fold) is there, 0 when not, -1 when a cell
+       points outside the file. */
+    static inline int pfm_find_key(const PfmHashView *v, const unsigned char *key, size_t n,
+                                   int fold, const unsigned char **value, size_t *value_len) {
         int damaged = 0;
-        const unsigned char *c = pfm_locate(v, key, n, h, &damaged);
+        const unsigned char *c = pfm_locate(v, key, n, pfm_hash_key(key, n, v->seed, fold),
+                                            &damaged, fold);
         if (c == NULL)
             return -damaged;
         if (c[1] != PFM_EXTERNAL) {
@@ -234,7 +269,7 @@ cdef extern from *:
             *value_len = c[2];
             return 1;
         }
-        return pfm_external(v, c, key, n, value, value_len);
+        return pfm_external(v, c, key, n, value, value_len, fold);
     }
     """
     ctypedef struct HashView "PfmHashView":
@@ -251,12 +286,15 @@ cdef extern from *:
     uint64_t pfm_hash(const unsigned char* p, size_t n, uint64_t seed) noexcept nogil
     uint64_t pfm_home(uint64_t h, uint64_t homes) noexcept nogil
     uint64_t pfm_ascii_fold(const unsigned char* key, size_t n, unsigned char* out) noexcept nogil
+    uint64_t pfm_hash_key(const unsigned char* p, size_t n, uint64_t seed, int fold) noexcept nogil
+    uint64_t pfm_high_bytes(const unsigned char* key, size_t n) noexcept nogil
     const unsigned char* pfm_locate(const HashView* v, const unsigned char* key, size_t n,
-                                    uint64_t h, int* damaged) noexcept nogil
+                                    uint64_t h, int* damaged, int fold) noexcept nogil
     int pfm_external(const HashView* v, const unsigned char* c, const unsigned char* key,
-                     size_t n, const unsigned char** value, size_t* value_len) noexcept nogil
-    int pfm_find_hashed(const HashView* v, const unsigned char* key, size_t n, uint64_t h,
-                        const unsigned char** value, size_t* value_len) noexcept nogil
+                     size_t n, const unsigned char** value, size_t* value_len,
+                     int fold) noexcept nogil
+    int pfm_find_key(const HashView* v, const unsigned char* key, size_t n, int fold,
+                     const unsigned char** value, size_t* value_len) noexcept nogil
     uint64_t PFM_LE64(uint64_t v) noexcept nogil
     uint32_t PFM_LE32(uint32_t v) noexcept nogil
     void PFM_PREFETCH(const void* p) noexcept nogil
@@ -276,24 +314,29 @@ cdef inline bint memcmp_eq(const unsigned char* a, const unsigned char* b, size_
     return memcmp(a, b, n) == 0
 
 
-cdef inline int hashview_find_hashed(const HashView* view, const unsigned char* key,
-                                     size_t key_len, uint64_t h, const unsigned char** value,
-                                     size_t* value_len) noexcept nogil:
-    """hashview_find() for a key whose pfm_hash(key, key_len, view.seed) is h."""
-    return pfm_find_hashed(view, key, key_len, h, value, value_len)
-
-
 cdef inline int hashview_find(const HashView* view, const unsigned char* key, size_t key_len,
                               const unsigned char** value, size_t* value_len) noexcept nogil:
-    """1 and the value's bytes when the (already folded) key is there, 0 when not, -1 when a
-    cell points outside the file (a damaged file)."""
-    return pfm_find_hashed(view, key, key_len, pfm_hash(key, key_len, view.seed), value,
-                           value_len)
+    """1 and the value's bytes when the key, as given, is there, 0 when not, -1 when a cell
+    points outside the file (a damaged file)."""
+    return pfm_find_key(view, key, key_len, 0, value, value_len)
+
+
+cdef inline int hashview_find_folding(const HashView* view, const unsigned char* key,
+                                      size_t key_len, const unsigned char** value,
+                                      size_t* value_len) noexcept nogil:
+    """hashview_find() for the key with A-Z lower-cased, as a folding table holds it; the key
+    itself is not copied. A key with bytes of 0x80 and above (high_bytes() is nonzero) needs
+    Unicode folding first when smtputf8_enable is on."""
+    return pfm_find_key(view, key, key_len, 1, value, value_len)
+
+
+cdef inline uint64_t high_bytes(const unsigned char* key, size_t key_len) noexcept nogil:
+    return pfm_high_bytes(key, key_len)
 
 
 # One key of a batch search.
 cdef struct HashQuery:
-    const unsigned char* key      # in: the folded key
+    const unsigned char* key      # in: the key, folded unless the search folds
     size_t key_len                # in
     uint64_t hash                 # scratch
     const unsigned char* value    # out, when found == 1
@@ -301,22 +344,23 @@ cdef struct HashQuery:
     int found                     # out: as hashview_find returns
 
 
-cdef inline void hashview_find_many(const HashView* view, HashQuery* queries,
-                                    size_t n) noexcept nogil:
-    """hashview_find() for n keys at once: the cells of all their windows are asked for before
+cdef inline void hashview_find_many(const HashView* view, HashQuery* queries, size_t n,
+                                    int fold) noexcept nogil:
+    """hashview_find() (or with fold, hashview_find_folding()) for n keys at once: the cells of all their windows are asked for before
     any is read, so the batch waits on memory about once; an entry kept in the data area costs
     one more round trip, shared by the batch too. Batches of 8 to 32 keys suit it."""
     cdef size_t i
     cdef int damaged, k
     cdef const unsigned char* cell
     for i in range(n):
-        queries[i].hash = pfm_hash(queries[i].key, queries[i].key_len, view.seed)
+        queries[i].hash = pfm_hash_key(queries[i].key, queries[i].key_len, view.seed, fold)
         cell = view.cells + pfm_home(queries[i].hash, view.homes) * PFM_CELL
         for k in range(PFM_WINDOW):
             PFM_PREFETCH(cell + k * PFM_CELL)
     for i in range(n):
         damaged = 0
-        cell = pfm_locate(view, queries[i].key, queries[i].key_len, queries[i].hash, &damaged)
+        cell = pfm_locate(view, queries[i].key, queries[i].key_len, queries[i].hash, &damaged,
+                          fold)
         if cell == NULL:
             queries[i].found = -damaged
         elif cell[1] != PFM_EXTERNAL:
@@ -333,7 +377,7 @@ cdef inline void hashview_find_many(const HashView* view, HashQuery* queries,
         if queries[i].found == 2:
             cell = queries[i].value
             queries[i].found = pfm_external(view, cell, queries[i].key, queries[i].key_len,
-                                            &queries[i].value, &queries[i].value_len)
+                                            &queries[i].value, &queries[i].value_len, fold)
 
 
 cdef inline uint64_t ascii_fold(const unsigned char* key, size_t key_len, unsigned char* out) noexcept nogil:

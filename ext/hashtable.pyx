@@ -19,8 +19,8 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, madvise, mmap, munmap
 from posix.unistd cimport fsync, write
 
 from hashtable cimport (PFM_CELL, PFM_EXTERNAL, PFM_LE32, PFM_LE64, PFM_MAX_DISTANCE, PFM_PREFIX,
-                        PFM_ROOM, PFM_WINDOW, HashQuery, HashView, ascii_fold, hashview_find,
-                        hashview_find_many, memcmp, memcmp_eq, pfm_hash, pfm_home, pfm_load32,
+                        PFM_ROOM, PFM_WINDOW, HashQuery, HashView, ascii_fold, high_bytes,
+                        hashview_find, hashview_find_folding, hashview_find_many, memcmp, memcmp_eq, pfm_hash, pfm_home, pfm_load32,
                         pfm_load64)
 
 import os
@@ -34,13 +34,11 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object text)
 
 cdef extern from "<sys/mman.h>":
-    int MADV_RANDOM
+    int MADV_HUGEPAGE
 
 cdef enum:
     VERSION = 2
     HEADER_SIZE = 64
-    # Keys no longer than this are folded on the stack; longer ones in a heap buffer.
-    KEY_STACK = 512
 # Bounds that keep every offset computation far from overflowing 64 bits.
 cdef uint64_t MAX_DATA = (<uint64_t>1 << 48) - 1
 cdef uint64_t MAX_CELLS = (<uint64_t>1 << 40)
@@ -152,8 +150,10 @@ cdef class HashFile:
         cdef void* address = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
         if address == MAP_FAILED:
             raise HashFileError(f"{self.path}: mmap: {os.strerror(errno)}")
-        # Lookups land anywhere in the file: read-ahead would only fetch pages nobody asked for.
-        madvise(address, size, MADV_RANDOM)
+        # Lookups land anywhere in the file, and one 4 KiB page per lookup would cost a TLB miss
+        # on almost every search of a large table: ask for the file in 2 MiB pages where the
+        # kernel and file system can map it so (page cache folios read through this mapping).
+        madvise(address, size, MADV_HUGEPAGE)
         self.base = <const unsigned char*>address
         self.size = size
 
@@ -216,8 +216,6 @@ cdef class HashFile:
         """The value for key (folded as the table says), or None."""
         cdef Py_ssize_t n
         cdef const unsigned char* raw
-        cdef unsigned char stack[KEY_STACK]
-        cdef unsigned char* folded = stack
         cdef const unsigned char* value
         cdef size_t value_len
         cdef bytes encoded
@@ -229,21 +227,12 @@ cdef class HashFile:
             encoded = key.encode("utf-8", "surrogateescape")
             raw = <const unsigned char*>PyBytes_AS_STRING(encoded)
             n = PyBytes_GET_SIZE(encoded)
-        if self.fold:
-            if n > KEY_STACK:
-                folded = <unsigned char*>malloc(n)
-                if folded == NULL:
-                    raise MemoryError()
-            if ascii_fold(raw, n, folded) and self.smtputf8:
-                if folded != stack:
-                    free(folded)
-                encoded = _unicode_fold(raw, n)
-                return self._get_bytes(encoded)
-            found = hashview_find(&self.view, folded, n, &value, &value_len)
-            if folded != stack:
-                free(folded)
-        else:
+        if not self.fold:
             found = hashview_find(&self.view, raw, n, &value, &value_len)
+        elif self.smtputf8 and high_bytes(raw, n):
+            return self._get_bytes(_unicode_fold(raw, n))
+        else:
+            found = hashview_find_folding(&self.view, raw, n, &value, &value_len)
         if found == 1:
             return PyUnicode_DecodeUTF8(<const char*>value, value_len, "surrogateescape")
         if found < 0:
@@ -719,15 +708,13 @@ cdef void make_cell(unsigned char* cell, const unsigned char* key, uint32_t klen
 # Benchmark support
 
 def bench_lookups(HashFile table, list keys, int rounds=1, int batch=0):
-    """Search every key (ASCII, folded as the table folds) `rounds` times at the C level, as a
-    Cython caller would: one hashview_find() per key, or with batch > 0 hashview_find_many() over
-    batches of that many keys. Returns the number of keys found; no Python object is made per
+    """Search every key (ASCII, in any case) `rounds` times at the C level, as a Cython caller
+    would: one hashview_find_folding() per key (hashview_find() for a table that does not fold),
+    or with batch > 0 hashview_find_many() over batches of that many keys. Returns the number of keys found; no Python object is made per
     lookup."""
     cdef Py_ssize_t i, j, m, n, count = len(keys)
     cdef int r
     cdef const unsigned char* raw
-    cdef unsigned char folded[KEY_STACK]
-    cdef unsigned char* area
     cdef HashQuery queries[64]
     cdef const unsigned char* value
     cdef size_t value_len
@@ -739,49 +726,31 @@ def bench_lookups(HashFile table, list keys, int rounds=1, int batch=0):
     table._check_open()
     if batch > 64:
         batch = 64
-    if batch > 0:
-        area = <unsigned char*>malloc(batch * KEY_STACK)
-        if area == NULL:
-            raise MemoryError()
-    try:
-        for r in range(rounds):
-            if batch > 0:
-                i = 0
-                while i < count:
-                    m = 0
-                    while m < batch and i < count:
-                        key = keys[i]
-                        i += 1
-                        raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
-                        if n > KEY_STACK:
-                            continue
-                        if table.fold:
-                            ascii_fold(raw, n, area + m * KEY_STACK)
-                            queries[m].key = area + m * KEY_STACK
-                        else:
-                            queries[m].key = raw
-                        queries[m].key_len = n
-                        m += 1
-                    hashview_find_many(&table.view, queries, m)
-                    for j in range(m):
-                        found += queries[j].found == 1
-                continue
-            # Borrowed references and the str's own bytes: only the search itself in the loop.
-            for i in range(count):
-                item = PyList_GET_ITEM(keys, i)
-                if PyUnicode_CheckExact(<object>item) and PyUnicode_IS_COMPACT_ASCII(<object>item):
-                    raw = <const unsigned char*>PyUnicode_DATA(<object>item)
-                    n = PyUnicode_GET_LENGTH(<object>item)
-                else:
-                    raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(<object>item, &n)
-                if n > KEY_STACK:
-                    continue
-                if fold:
-                    ascii_fold(raw, n, folded)
-                    found += hashview_find(view, folded, n, &value, &value_len) == 1
-                else:
-                    found += hashview_find(view, raw, n, &value, &value_len) == 1
-    finally:
+    for r in range(rounds):
         if batch > 0:
-            free(area)
+            i = 0
+            while i < count:
+                m = 0
+                while m < batch and i < count:
+                    key = keys[i]
+                    i += 1
+                    queries[m].key = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
+                    queries[m].key_len = n
+                    m += 1
+                hashview_find_many(&table.view, queries, m, fold)
+                for j in range(m):
+                    found += queries[j].found == 1
+            continue
+        # Borrowed references and the str's own bytes: only the search itself in the loop.
+        for i in range(count):
+            item = PyList_GET_ITEM(keys, i)
+            if PyUnicode_CheckExact(<object>item) and PyUnicode_IS_COMPACT_ASCII(<object>item):
+                raw = <const unsigned char*>PyUnicode_DATA(<object>item)
+                n = PyUnicode_GET_LENGTH(<object>item)
+            else:
+                raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(<object>item, &n)
+            if fold:
+                found += hashview_find_folding(view, raw, n, &value, &value_len) == 1
+            else:
+                found += hashview_find(view, raw, n, &value, &value_len) == 1
     return found

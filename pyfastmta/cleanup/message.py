@@ -132,12 +132,20 @@ def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: 
             resent = True
         if name in drop:
             edits.append((*block.field_span(index), b""))
-        elif context is not None and kind & (_SENDER | _RECIPIENT):
+            continue
+        if context is not None and kind & (_SENDER | _RECIPIENT):
             start, end = block.value_span(index)
             field = rewriter.rewrite_field(block.name(index), bytes(content[start:end]),
                                            bool(kind & _SENDER), context)
             if field is not None:
                 edits.append((*block.field_span(index), field))
+                continue
+        start, end = block.field_span(index)
+        name_end = start + len(name)
+        if content[name_end] != 58:
+            # "Name :" (RFC 5322's obsolete syntax) is written "Name:", as Postfix writes it.
+            colon = content.index(b":", name_end, end)
+            edits.append((start, end, bytes(content[start:name_end]) + bytes(content[colon:end])))
 
     added: list[str] = []
     # Postfix adds what is missing when the client has a header rewriting context.

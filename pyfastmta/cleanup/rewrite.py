@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 
 from pyfastmta._ext.address import (fold_address_header, parse_address_list, quote_local,
-                                    rewrite_address, unquote_local)
+                                    requote_local, rewrite_address, unquote_local)
 from pyfastmta.maps.addresses import AddressSearch, find_unquoted
 from pyfastmta.maps.registry import parameter_maps
 from pyfastmta.maps.table import Maps
@@ -57,10 +57,13 @@ class LocalContext:
         self.append_dot_mydomain = append_dot_mydomain
 
     def rewrite(self, address: str) -> str:
+        """The address (external form) after the local rules, quoted as Postfix quotes it: table
+        keys and the addresses written out are in that form."""
         if not address:
             return address
         if address == "@":
             return ""
+        address = requote_local(address)
         if address.startswith("@"):
             colon = find_unquoted(address, ":")
             if 0 < colon < len(address) - 1:
@@ -156,16 +159,17 @@ class EnvelopeRewriter:
         value, extension = found
         if value.startswith("@"):
             at = find_unquoted(address, "@", last=True)
-            user = address[:at] if at >= 0 else address
+            user = unquote_local(address[:at] if at >= 0 else address)
             if extension:
                 user = user[:len(user) - len(extension)]
-            value = user + value
+            value = quote_local(user + value)
         results = []
         for item in _split_addresses(value):
             item = self.local.rewrite(item)
             if propagate and extension:
+                item = unquote_local(item)
                 at = find_unquoted(item, "@", last=True)
-                item = item[:at] + extension + item[at:] if at >= 0 else item + extension
+                item = quote_local(item[:at] + extension + item[at:] if at >= 0 else item + extension)
             results.append(item)
         if not results and self._warn is not None:
             self._warn(f'lookup of {address} returns non-address result "{value}"')
@@ -388,13 +392,10 @@ class HeaderRewriter:
             if steps or masquerade:
                 text = _text(rewritten)
                 for maps, title in steps:
-                    internal = unquote_local(text)
-                    mapped = self.envelope._map11(maps, internal, title)
-                    if mapped != internal:
-                        mapped_external = quote_local(mapped)
-                        if mapped_external != text:
-                            changed = True
-                            text = mapped_external
+                    mapped = self.envelope._map11(maps, text, title)
+                    if mapped != text:
+                        changed = True
+                        text = mapped
                 if masquerade:
                     masqueraded = self._masquerade_external(text)
                     if masqueraded is not None:
@@ -433,7 +434,7 @@ class HeaderRewriter:
         carries it ("MAILER-DAEMON" for the null sender)."""
         if not sender:
             return "MAILER-DAEMON"
-        return quote_local(self.envelope.sender(sender))
+        return self.envelope.sender(sender)
 
 
 def header_rewriter(config, envelope: EnvelopeRewriter) -> HeaderRewriter:

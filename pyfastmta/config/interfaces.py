@@ -1,4 +1,5 @@
-"""The host's own network interfaces, for the mynetworks default and inet_protocols checks."""
+"""The host's own network interfaces, for the mynetworks default and inet_protocols checks, and
+the domains that name this host."""
 from __future__ import annotations
 
 import array
@@ -140,3 +141,40 @@ def host_addresses(config) -> list[str]:
             raise ConfigError(config.main_cf_path, None, f"{name}: {error}") from None
         found.extend(address for address in addresses if address not in found)
     return found
+
+
+def literal_address(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a [a.b.c.d] or [IPv6:...] domain literal, None when it holds none."""
+    body = domain[1:-1]
+    if body[:5].lower() == "ipv6:":
+        try:
+            return ipaddress.IPv6Address(body[5:])
+        except ValueError:
+            return None
+    try:
+        return ipaddress.IPv4Address(body)
+    except ValueError:
+        return None
+
+
+class LocalDomains:
+    """The domains trivial-rewrite calls local: $mydestination, and address literals of this
+    host (inet_interfaces and proxy_interfaces), however the literal spells the address."""
+
+    def __init__(self, mydestination, addresses) -> None:
+        self.mydestination = mydestination
+        self.addresses = frozenset(ip for ip in map(_ip, addresses) if ip is not None)
+
+    def matches(self, domain: str) -> bool:
+        domain = domain.rstrip(".")
+        if self.mydestination.matches(domain):
+            return True
+        return domain.startswith("[") and domain.endswith("]") and \
+            literal_address(domain) in self.addresses
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None

@@ -7,12 +7,16 @@ For user+ext@domain (recipient_delimiter "+") the keys are, in order:
     user+ext, user    (only when domain is $myorigin or local: $mydestination, inet/proxy_interfaces)
     @domain
 An address without a domain is its own first key, then user without the extension.
+
+Addresses and keys are in external form, quoted as Postfix quotes them ("john doe"@domain); an
+extension is cut from the unquoted local part, and is returned unquoted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from pyfastmta._ext.address import quote_local, unquote_local
 from pyfastmta.maps.table import Maps
 
 # Local parts that are never split at recipient_delimiter (as Postfix's split_addr does).
@@ -49,10 +53,17 @@ class AddressSearch:
 
     def keys(self, address: str) -> list[tuple[str, str]]:
         """(key, extension cut off to get it) in search order."""
-        local, at, domain = address.rpartition("@")
-        if not at:
-            local, domain = address, ""
-        base, extension = split_extension(local, self.recipient_delimiter, self.double_bounce_sender)
+        split = find_unquoted(address, "@", last=True)
+        if split < 0:
+            local, at, domain = address, "", ""
+        else:
+            local, at, domain = address[:split], "@", address[split + 1:]
+        if '"' in local or "\\" in local:
+            base, extension = split_extension(unquote_local(local), self.recipient_delimiter,
+                                              self.double_bounce_sender)
+            base = quote_local(base)
+        else:
+            base, extension = split_extension(local, self.recipient_delimiter, self.double_bounce_sender)
         keys = [(address, "")]
         if at:
             if extension:

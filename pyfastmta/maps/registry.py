@@ -31,15 +31,18 @@ class TableOptions:
     """What tables need from the configuration. smtputf8_enable: full Unicode case folding of
     keys (ASCII only when off), as Postfix's tables fold. no_regsub: a regexp:/pcre: rule whose
     result has $number is skipped with a warning, so no text from the key reaches the result
-    (Postfix's no_regsub flag, which it sets for transport_maps and a few others)."""
+    (Postfix's no_regsub flag, which it sets for transport_maps and a few others).
+    duplicates_fail: a key repeated in a texthash: file makes the table fail to open, as in
+    Postfix's daemons (postmap -q only warns)."""
 
-    __slots__ = ("config_directory", "no_regsub", "smtputf8_enable")
+    __slots__ = ("config_directory", "duplicates_fail", "no_regsub", "smtputf8_enable")
 
     def __init__(self, *, smtputf8_enable: bool = True, config_directory: str = "",
-                 no_regsub: bool = False) -> None:
+                 no_regsub: bool = False, duplicates_fail: bool = False) -> None:
         self.smtputf8_enable = smtputf8_enable
         self.config_directory = config_directory
         self.no_regsub = no_regsub
+        self.duplicates_fail = duplicates_fail
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -103,7 +106,7 @@ def parameter_maps(config, parameter: str, warn=None) -> Maps:
 
     options = TableOptions(smtputf8_enable=config.get("smtputf8_enable"),
                            config_directory=config.config_dir or "",
-                           no_regsub=parameter in NO_REGSUB_PARAMETERS)
+                           no_regsub=parameter in NO_REGSUB_PARAMETERS, duplicates_fail=True)
     try:
         return Maps(parameter, split_table_list(config.expanded(parameter)),
                     lambda spec: open_table(spec, options), warn)

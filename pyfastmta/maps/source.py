@@ -179,9 +179,10 @@ def _valid_utf8(text: bytes) -> bool:
 
 
 def parse_entries(data: bytes, where: str, smtputf8_enable: bool = True,
-                  warnings: list[str] | None = None) -> dict[str, str]:
+                  warnings: list[str] | None = None, duplicates_fail: bool = False) -> dict[str, str]:
     """The entries of postmap source text, keys folded, as Postfix's texthash: reads them: a line
-    it skips is skipped with its warning, a repeated key keeps its first value with a warning."""
+    it skips is skipped with its warning; a repeated key keeps its first value with a warning, or
+    with duplicates_fail (as Postfix's daemons open a texthash: table) is a TableError."""
     if warnings is None:
         warnings = []
     entries: dict[str, str] = {}
@@ -209,13 +210,16 @@ def parse_entries(data: bytes, where: str, smtputf8_enable: bool = True,
         key = fold_key(written.decode("utf-8", "surrogateescape"), smtputf8_enable)
         if key in entries:
             # Postfix names the key as the file spells it, not folded.
-            warnings.append(f'{where}:{number}: duplicate entry: "{printable(written, smtputf8_enable)}"')
+            message = f'{where}:{number}: duplicate entry: "{printable(written, smtputf8_enable)}"'
+            if duplicates_fail:
+                raise TableError(message)
+            warnings.append(message)
             continue
         entries[key] = value.decode("utf-8", "surrogateescape")
     return entries
 
 
-def read_entries(path: str, smtputf8_enable: bool = True,
-                 warnings: list[str] | None = None) -> dict[str, str]:
+def read_entries(path: str, smtputf8_enable: bool = True, warnings: list[str] | None = None,
+                 duplicates_fail: bool = False) -> dict[str, str]:
     """The entries of the source file at path (see parse_entries)."""
-    return parse_entries(read_source(path), path, smtputf8_enable, warnings)
+    return parse_entries(read_source(path), path, smtputf8_enable, warnings, duplicates_fail)

@@ -39,5 +39,5 @@ class TextHashTable(Table):
 def open_texthash(name: str, options) -> TextHashTable:
     signature = FileSignature(name)  # before reading: an edit during the read shows as a change
     warnings: list[str] = []
-    entries = read_entries(name, options.smtputf8_enable, warnings)
+    entries = read_entries(name, options.smtputf8_enable, warnings, options.duplicates_fail)
     return TextHashTable(name, entries, options.smtputf8_enable, signature, warnings)

@@ -15,10 +15,10 @@ A domain used as nexthop is lowercased, so one destination is one queue whatever
 """
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyfastmta.config.interfaces import LocalDomains, literal_address
 from pyfastmta.maps import Maps
 from pyfastmta.maps.addresses import AddressSearch, find_unquoted
 from pyfastmta.maps.matchlist import DomainList
@@ -72,20 +72,13 @@ class AddressResolver:
         self.mydestination = DomainList("mydestination", mydestination, "exact")
         self.relay_domains = DomainList("relay_domains", relay_domains, relay_matching)
         self.virtual_mailbox_domains = DomainList("virtual_mailbox_domains", virtual_mailbox_domains, "exact")
-        self.own_addresses = {_ip(text) for text in inet_interfaces_addresses}
-        self.own_addresses.discard(None)
+        self.local_domains = LocalDomains(self.mydestination, inet_interfaces_addresses)
         self.relocated_maps = relocated_maps
         self.sender_dependent_relayhost_maps = sender_dependent_relayhost_maps
         self.empty_address_relayhost_maps_lookup_key = empty_address_relayhost_maps_lookup_key
         self._relocated_search = AddressSearch(
-            recipient_delimiter=recipient_delimiter, myorigin=myorigin, is_local=self._is_local,
+            recipient_delimiter=recipient_delimiter, myorigin=myorigin, is_local=self.local_domains.matches,
             double_bounce_sender=double_bounce_sender)
-
-    def _is_local(self, domain: str) -> bool:
-        domain = domain.rstrip(".")
-        if domain.startswith("[") and domain.endswith("]"):
-            return _literal_address(domain) in self.own_addresses
-        return self.mydestination.matches(domain)
 
     def _relayhost(self, sender: str) -> str:
         """relayhost, or what sender_dependent_relayhost_maps give for the sender (its address,
@@ -120,7 +113,7 @@ class AddressResolver:
             # An address that looks like a command-line option must never reach a command.
             valid = False
 
-        if (literal and _literal_address(domain) in self.own_addresses) or self.mydestination.matches(domain):
+        if self.local_domains.matches(domain):
             address_class, transport, nexthop = "local", *_split_transport(self.local_transport)
             nexthop = nexthop or domain.lower()
         elif self.virtual_mailbox_domains.matches(domain):
@@ -167,29 +160,8 @@ def _split_address(address: str) -> tuple[str, str | None]:
     return address[:at], address[at + 1:]
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-
-
-def _literal_address(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address in a [a.b.c.d] or [IPv6:...] domain literal, None when it holds none."""
-    body = domain[1:-1]
-    if body[:5].lower() == "ipv6:":
-        try:
-            return ipaddress.IPv6Address(body[5:])
-        except ValueError:
-            return None
-    try:
-        return ipaddress.IPv4Address(body)
-    except ValueError:
-        return None
-
-
 def _valid_literal(domain: str) -> bool:
-    return _literal_address(domain) is not None
+    return literal_address(domain) is not None
 
 
 def _valid_hostname(domain: str, smtputf8_enable: bool) -> bool:

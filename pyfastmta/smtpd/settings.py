@@ -6,7 +6,7 @@ import ipaddress
 
 from pyfastmta.cleanup.message import CleanupSettings
 from pyfastmta.cleanup.rewrite import envelope_rewriter, header_rewriter
-from pyfastmta.config.interfaces import host_addresses
+from pyfastmta.config.interfaces import LocalDomains, host_addresses
 from pyfastmta.config import ConfigError
 from pyfastmta.maps import TableError
 from pyfastmta.maps.matchlist import DomainList, NetworkList
@@ -37,8 +37,8 @@ class SmtpdSettings:
                                             "parent" if parent_style else "dotted")
         except TableError as error:
             raise ConfigError(config.main_cf_path, None, str(error)) from None
-        self.own_addresses = frozenset(host_addresses(config))
-        self.rewriter = envelope_rewriter(config, self.is_local_domain)
+        self.local_domains = LocalDomains(self.mydestination, host_addresses(config))
+        self.rewriter = envelope_rewriter(config, self.local_domains.matches)
         self.always_add_missing_headers: bool = get("always_add_missing_headers")
         self.local_header_rewrite_clients = list(get("local_header_rewrite_clients"))
         self.cleanup = CleanupSettings(config, header_rewriter(config, self.rewriter))
@@ -67,15 +67,6 @@ class SmtpdSettings:
             lines.append("SMTPUTF8")
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
         return text.encode()
-
-    def is_local_domain(self, domain: str) -> bool:
-        """$mydestination, or an address literal of this host."""
-        if domain.startswith("[") and domain.endswith("]"):
-            literal = domain[1:-1]
-            if literal[:5].lower() == "ipv6:":
-                literal = literal[5:]
-            return literal in self.own_addresses
-        return self.mydestination.matches(domain)
 
     def domain_is_local_or_relay(self, domain: str) -> bool:
         return self.mydestination.matches(domain) or self.relay_domains.matches(domain)

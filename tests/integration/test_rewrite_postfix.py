@@ -50,7 +50,10 @@ SCENARIOS = {
                          "self@canon.example self@canon.example\n"
                          "bare@canon.example justuser\n"
                          "localuser localuser-mapped@new.example\n"
-                         "Mixed@Canon.Example mixed-new@new.example\n",
+                         "Mixed@Canon.Example mixed-new@new.example\n"
+                         '"quoted user"@canon.example "new user"@new.example\n'
+                         '"john.doe"@canon.example "needless"@new.example\n'
+                         'quotedvalue@canon.example "john.smith"@new.example\n',
             "sender_canonical": "sc@canon.example sc-new@dest.example\n",
             "recipient_canonical": "rc@canon.example rc-new@dest.example\n"
                                    "a@canon.example rc-first@dest.example\n",
@@ -72,6 +75,9 @@ SCENARIOS = {
             ("site!bob", ["carol%remote.example", "remote!dave"]),
             ("", ["eve@remote.example", "localuser@localhost"]),
             ("trailing@remote.example.", ["frank@remote.example."]),
+            # quoted local parts: a key in quotes, a needless pair of quotes, a quoted result
+            ('"quoted user"@canon.example', ['"quoted user"@canon.example', '"john.doe"@canon.example',
+                                             "quotedvalue@canon.example", '"jim.doe"@remote.example']),
         ],
     },
     "switched": {
@@ -105,6 +111,10 @@ SCENARIOS = {
 # masquerading candidates.
 HEADER_TABLES = {
     "canonical": "a@canon.example alpha@new.example\n"
+                 '"quoted user"@canon.example "new user"@new.example\n'
+                 '"john.doe"@canon.example "needless"@new.example\n'
+                 'quotedvalue@canon.example "john.smith"@new.example\n'
+
                  "@domain.example @other.example\n"
                  "localuser localuser-mapped@new.example\n",
     "sender_canonical": "sc@canon.example sc-new@dest.example\n",
@@ -122,6 +132,8 @@ LONG_NAME = "Very Long Display Name " * 12
 HEADER_MESSAGES = [
     # obsolete syntax: white space between a header name and its colon
     ("s@remote.example", ["r@dest.example"], "From : a@canon.example\r\nTo\t: rc@canon.example\r\n"),
+    ("s@remote.example", ["r@dest.example"], "X-Foo : y\r\nComments\t: c\r\nFrom : x@dest.example\r\n"
+     "Content-Type  : text/plain\r\nCc : y@dest.example\r\n"),
     # display names, canonical per class
     ("s@remote.example", ["r@dest.example"],
      'From: "Joe Q. Public" <a@canon.example>\r\nTo: rc@canon.example, Mary <rc@canon.example>\r\n'),
@@ -130,7 +142,8 @@ HEADER_MESSAGES = [
     # comments, extensions, quoted local parts (a needlessly quoted one is rewritten too)
     ("s@remote.example", ["r@dest.example"],
      "From: user (The User)\r\nTo: a+tag@canon.example (Tagged)\r\n"
-     'Cc: "quoted user"@canon.example, "john.doe"@remote.example\r\n'),
+     'Cc: "quoted user"@canon.example, "john.doe"@remote.example\r\n'
+     'Reply-To: "john.doe"@canon.example, quotedvalue@canon.example\r\n'),
     # groups
     ("s@remote.example", ["r@dest.example"],
      "To: group: a@canon.example, b@host.masq.example;, other@dest.example\r\n"
@@ -194,7 +207,7 @@ SCENARIOS.update({
         "settings": {**HEADER_SETTINGS, "mynetworks": "127.0.0.2/32",
                      "local_header_rewrite_clients": "permit_mynetworks", "relay_domains": "dest.example"},
         "tables": HEADER_TABLES,
-        "messages": HEADER_MESSAGES[1:4] + HEADER_MESSAGES[10:11],
+        "messages": HEADER_MESSAGES,
     },
     # The same client with remote_header_rewrite_domain set: the "remote" context.
     "headers_remote_domain": {
@@ -202,7 +215,7 @@ SCENARIOS.update({
                      "local_header_rewrite_clients": "permit_mynetworks", "relay_domains": "dest.example",
                      "remote_header_rewrite_domain": "rw.example"},
         "tables": HEADER_TABLES,
-        "messages": HEADER_MESSAGES[1:4] + HEADER_MESSAGES[7:8] + HEADER_MESSAGES[10:11],
+        "messages": HEADER_MESSAGES,
     },
 })
 

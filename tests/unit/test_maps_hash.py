@@ -484,6 +484,36 @@ def test_any_entries_found_as_a_dict_finds_them(tmp_path_factory, entries, other
         file.close()
 
 
+# Letters and the bytes beside A-Z and a-z ("@", "[", "`", "{"), which folding must leave alone.
+FOLD_ALPHABET = "aAzZmM@[`{09.-_"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(FOLD_ALPHABET, max_size=130), max_size=120, unique_by=str.lower),
+       st.lists(st.text(FOLD_ALPHABET, max_size=130), max_size=40), st.randoms())
+def test_folding_search_finds_keys_in_any_case(tmp_path_factory, keys, others, rng):
+    # The search lower-cases A-Z while it hashes and compares, with no folded copy: in any
+    # case, at every length (in the cell, in the data area, past the 44-byte prefix), one key
+    # at a time and in batches, it finds exactly what a lookup of the lower-cased key finds.
+    writer = HashWriter("warn", "label")
+    entries = {key.lower(): f"value of {key.lower()}" + "v" * (len(key) % 50) for key in keys}
+    for key, value in entries.items():
+        writer.add(key.encode(), value.encode())
+    path = str(tmp_path_factory.mktemp("fold") / "table.pfm")
+    writer.write(path, 0o600, False)
+    file = HashFile(path)
+    try:
+        queries = ["".join(c.upper() if rng.random() < 0.5 else c for c in key)
+                   for key in list(entries) + others]
+        for query in queries:
+            assert file.get(query) == entries.get(query.lower())
+        present = sum(query.lower() in entries for query in queries)
+        assert bench_lookups(file, queries) == present
+        assert bench_lookups(file, queries, 1, 7) == present
+    finally:
+        file.close()
+
+
 def test_many_entries_with_long_runs(tmp_path):
     # Enough entries for runs of many cells (Robin Hood moves), found again from Cython one key
     # at a time and in batches, every present key and as many absent ones.

@@ -111,6 +111,23 @@ def test_duplicate_keeps_first_and_warns(tmp_path):
     assert table.warnings == [f'{path}:2: duplicate entry: "A.EXAMPLE"']
 
 
+def test_duplicate_fails_the_table_in_a_daemon(tmp_path):
+    # Postfix's daemons refuse such a table (postmap -q only warns): here the configuration
+    # is refused at start, naming the parameter, the file and the line.
+    from pyfastmta.config import ConfigError, load_config
+    from pyfastmta.maps.registry import parameter_maps
+
+    table = tmp_path / "transport"
+    table.write_text("a.example smtp:one\nb.example smtp:two\nA.EXAMPLE smtp:three\n")
+    (tmp_path / "main.cf").write_text(f"transport_maps = texthash:{table}\n")
+    (tmp_path / "master.cf").write_text("")
+    config = load_config(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        parameter_maps(config, "transport_maps")
+    assert f'transport_maps: {table}:3: duplicate entry: "A.EXAMPLE"' in str(caught.value)
+    assert str(caught.value).startswith(f"{tmp_path}/main.cf")
+
+
 def sequence(argv: list[str]) -> list[bytes]:
     result = subprocess.run(argv, capture_output=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
