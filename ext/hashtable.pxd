@@ -49,6 +49,10 @@ cdef extern from *:
     #define PFM_MAX_DISTANCE 255
     #define PFM_WINDOW 2            /* cells every search reads at once */
     #define PFM_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
+    /* The search's common path is inlined into its caller whole; the rare ones (a long run of
+       cells, an entry in the data area) stay out of line so that it stays short. */
+    #define PFM_HOT static inline __attribute__((always_inline))
+    #define PFM_COLD static __attribute__((noinline, unused))
 
     static inline uint64_t pfm_load64(const unsigned char *p) {
         uint64_t v; memcpy(&v, p, 8); return PFM_LE64(v);
@@ -166,6 +170,62 @@ cdef extern from *:
         return diff == 0;
     }
 
+    /* A key of 8 to 64 bytes read (and folded) once, as its whole words and its last eight
+       bytes: the hash and the comparison both take them from here, so a search folds each
+       word once. */
+    typedef struct {
+        uint64_t w[8];
+        uint64_t tail;
+        size_t n;
+    } PfmWords;
+
+    static inline void pfm_words(PfmWords *k, const unsigned char *key, size_t n, int fold) {
+        size_t j;
+        for (j = 0; j < n / 8; j++)
+            k->w[j] = pfm_key64(key + 8 * j, fold);
+        k->tail = pfm_key64(key + n - 8, fold);
+        k->n = n;
+    }
+
+    /* pfm_hash_key() of the key k holds. */
+    static inline uint64_t pfm_hash_words(const PfmWords *k, uint64_t seed) {
+        const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull,
+                       k2 = 0x8ebc6af09c88c6e3ull, k3 = 0x589965cc75374cc3ull;
+        uint64_t h = seed ^ pfm_mix(seed ^ k0, k1);
+        uint64_t a, b, t;
+        size_t left = k->n, j = 0;
+        while (left > 16) {
+            h = pfm_mix(k->w[j] ^ k1, k->w[j + 1] ^ h);
+            j += 2;
+            left -= 16;
+        }
+        if (left > 8) {
+            a = k->w[j];
+            b = k->tail;
+        } else {
+            /* The last `left` bytes are the top of tail: t starts at the first of them. */
+            t = k->tail >> (8 * (8 - left));
+            if (left >= 4) {
+                a = t & 0xffffffffu;
+                b = k->tail >> 32;
+            } else {
+                a = ((t & 0xff) << 16) | (((t >> (8 * (left >> 1))) & 0xff) << 8)
+                    | ((t >> (8 * (left - 1))) & 0xff);
+                b = 0;
+            }
+        }
+        return pfm_mix(k1 ^ (uint64_t)k->n, pfm_mix(a ^ k1, b ^ h ^ k2) ^ k3);
+    }
+
+    /* Whether the k->n bytes at a (in a cell) are the key's. */
+    static inline int pfm_equal_words(const unsigned char *a, const PfmWords *k) {
+        uint64_t diff = pfm_load64(a + k->n - 8) ^ k->tail;
+        size_t j;
+        for (j = 0; j < k->n / 8; j++)
+            diff |= pfm_load64(a + 8 * j) ^ k->w[j];
+        return diff == 0;
+    }
+
     typedef struct {
         const unsigned char *cells;
         uint64_t homes;            /* home cell count */
@@ -179,8 +239,8 @@ cdef extern from *:
     /* The cell holding the key, or NULL; *damaged when a cell or the record it points to lies
        outside what the file holds. An external cell is returned once its length, tag and prefix
        match: pfm_external() finishes the comparison. */
-    static inline const unsigned char *pfm_probe(const PfmHashView *v, const unsigned char *key,
-                                                 size_t n, uint64_t h, int *damaged, int fold) {
+    PFM_COLD const unsigned char *pfm_probe(const PfmHashView *v, const unsigned char *key,
+                                            size_t n, uint64_t h, int *damaged, int fold) {
         uint64_t i = pfm_home(h, v->homes);
         unsigned tag = (unsigned)(h & 0xff);
         unsigned distance = 1;
@@ -210,7 +270,7 @@ cdef extern from *:
 
     /* For an external cell from pfm_locate(): 1 and the value when the whole key matches, 0 when
        not, -1 when the record lies outside the data area. */
-    static inline int pfm_external(const PfmHashView *v, const unsigned char *c,
+    PFM_COLD int pfm_external(const PfmHashView *v, const unsigned char *c,
                                    const unsigned char *key, size_t n,
                                    const unsigned char **value, size_t *value_len, int fold) {
         uint64_t klen = pfm_load32(c + 4), vlen = pfm_load32(c + 8), offset = pfm_load64(c + 12);
@@ -228,8 +288,9 @@ cdef extern from *:
        home cell or the next one (PFM_WINDOW cells), which are read and compared with few
        branches and few instructions, so that the processor can go on to the caller's next
        search while this one waits for memory. */
-    static inline const unsigned char *pfm_locate(const PfmHashView *v, const unsigned char *key,
-                                                  size_t n, uint64_t h, int *damaged, int fold) {
+    PFM_HOT const unsigned char *pfm_locate(const PfmHashView *v, const unsigned char *key,
+                                                  size_t n, uint64_t h, int *damaged, int fold,
+                                                  const PfmWords *words) {
         /* A file has a cell after the last home cell, so both exist. */
         const unsigned char *c0 = v->cells + pfm_home(h, v->homes) * PFM_CELL;
         const unsigned char *c1 = c0 + PFM_CELL, *c;
@@ -240,7 +301,8 @@ cdef extern from *:
             int m0 = w0 == (tag | ((uint32_t)n << 8) | 1);
             int m1 = w1 == (tag | ((uint32_t)n << 8) | 2);
             c = m0 ? c0 : c1;
-            if ((m0 | m1) && pfm_equal(c + 4, key, n, fold)) {
+            if ((m0 | m1) && (words ? pfm_equal_words(c + 4, words)
+                                    : pfm_equal(c + 4, key, n, fold))) {
                 if (n + c[2] > PFM_ROOM) {
                     *damaged = 1;
                     return NULL;
@@ -257,11 +319,17 @@ cdef extern from *:
 
     /* 1 and the value when the key (folded with fold) is there, 0 when not, -1 when a cell
        points outside the file. */
-    static inline int pfm_find_key(const PfmHashView *v, const unsigned char *key, size_t n,
+    PFM_HOT int pfm_find_key(const PfmHashView *v, const unsigned char *key, size_t n,
                                    int fold, const unsigned char **value, size_t *value_len) {
         int damaged = 0;
-        const unsigned char *c = pfm_locate(v, key, n, pfm_hash_key(key, n, v->seed, fold),
-                                            &damaged, fold);
+        const unsigned char *c;
+        PfmWords words;
+        if (n >= 8 && n <= PFM_ROOM) {
+            pfm_words(&words, key, n, fold);
+            c = pfm_locate(v, key, n, pfm_hash_words(&words, v->seed), &damaged, fold, &words);
+        } else {
+            c = pfm_locate(v, key, n, pfm_hash_key(key, n, v->seed, fold), &damaged, fold, NULL);
+        }
         if (c == NULL)
             return -damaged;
         if (c[1] != PFM_EXTERNAL) {
@@ -288,8 +356,11 @@ cdef extern from *:
     uint64_t pfm_ascii_fold(const unsigned char* key, size_t n, unsigned char* out) noexcept nogil
     uint64_t pfm_hash_key(const unsigned char* p, size_t n, uint64_t seed, int fold) noexcept nogil
     uint64_t pfm_high_bytes(const unsigned char* key, size_t n) noexcept nogil
+    ctypedef struct PfmWords:
+        pass
     const unsigned char* pfm_locate(const HashView* v, const unsigned char* key, size_t n,
-                                    uint64_t h, int* damaged, int fold) noexcept nogil
+                                    uint64_t h, int* damaged, int fold,
+                                    const PfmWords* words) noexcept nogil
     int pfm_external(const HashView* v, const unsigned char* c, const unsigned char* key,
                      size_t n, const unsigned char** value, size_t* value_len,
                      int fold) noexcept nogil
@@ -360,7 +431,7 @@ cdef inline void hashview_find_many(const HashView* view, HashQuery* queries, si
     for i in range(n):
         damaged = 0
         cell = pfm_locate(view, queries[i].key, queries[i].key_len, queries[i].hash, &damaged,
-                          fold)
+                          fold, NULL)
         if cell == NULL:
             queries[i].found = -damaged
         elif cell[1] != PFM_EXTERNAL:
