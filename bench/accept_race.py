@@ -54,6 +54,7 @@ class PyfastmtaInstance:
 
     name = "pyfastmta"
     host = "127.0.0.1"
+    main_cf_extra = ""  # more main.cf lines, for a benchmark that needs them
 
     def __init__(self, command: list[str], parent_directory: str | os.PathLike | None = None):
         self.command = command
@@ -74,7 +75,7 @@ class PyfastmtaInstance:
             f"queue_directory = {self.queue_directory}\n"
             "mynetworks = 127.0.0.0/8\n"
             "mydestination = localhost\n"
-            f"maillog_file = {self.maillog_file}\n"
+            f"maillog_file = {self.maillog_file}\n" + self.main_cf_extra
         )
         (self.root / "master.cf").write_text(f"{self.address} inet n - n - - smtpd\n")
         # Set first: a start that fails half-way may have left a master to stop.

@@ -25,6 +25,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 
 from .cache import TtlCache
 
@@ -115,6 +116,21 @@ def _shuffled_by_preference(hosts: list[MxHost]) -> list[MxHost]:
     return hosts
 
 
+def configured_nameservers(config) -> list[tuple[str, int]] | None:
+    """dns_nameservers as [(address, port)]; None (the system's resolv.conf) when it is empty."""
+    servers = []
+    for entry in config.get("dns_nameservers"):
+        host, port = entry, 53
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 53
+        elif entry.count(":") == 1:
+            host, _, text = entry.partition(":")
+            port = int(text)
+        servers.append((host, port))
+    return servers or None
+
+
 class DnsResolver:
     """MX and address lookups through dnspython's asyncio resolver, with a shared TTL cache.
 
@@ -196,6 +212,11 @@ class DnsResolver:
                                            f"type={types}: no such domain (NXDOMAIN)")
         raise DnsError(False, "5.4.4", f"Host {hostname} has no address: name={hostname} "
                                        f"type={types}: the name exists but has no record of this type")
+
+    async def host_names(self, address: str) -> list[str]:
+        """The names the address's PTR records give ([] when there are none)."""
+        answer = await self._lookup(dns.reversename.from_address(address).to_text(), dns.rdatatype.PTR)
+        return [] if isinstance(answer, _Negative) else list(answer)
 
     async def destinations(self, domain: str, *, mx: bool = True, port: int = 25) -> list[Destination]:
         """The addresses to try for a nexthop, in order; `[host]` and mx=False skip the MX lookup."""
@@ -287,6 +308,8 @@ class DnsResolver:
         if rdtype == dns.rdatatype.MX:
             records = tuple((r.preference, "" if r.exchange == dns.name.root
                              else r.exchange.to_text(omit_final_dot=True)) for r in answer.rrset)
+        elif rdtype == dns.rdatatype.PTR:
+            records = tuple(r.target.to_text(omit_final_dot=True) for r in answer.rrset)
         else:
             records = tuple(r.address for r in answer.rrset)
         # the CNAME chain's TTLs count too: the answer is only as fresh as its shortest link

@@ -9,6 +9,7 @@ from pyfastmta.bounce.notices import NoticeSender
 from pyfastmta.config import ConfigError
 from pyfastmta.config.interfaces import host_addresses
 from pyfastmta.dns import DnsResolver
+from pyfastmta.dns.resolver import configured_nameservers
 from pyfastmta.qmgr.scheduler import Scheduler
 from pyfastmta.resolve.resolver import AddressResolver
 from pyfastmta.maps.registry import parameter_maps
@@ -47,20 +48,6 @@ def address_resolver(config, addresses: list[str] | None = None, log=None) -> Ad
         double_bounce_sender=get("double_bounce_sender"), smtputf8_enable=get("smtputf8_enable"))
 
 
-def _nameservers(config) -> list[tuple[str, int]] | None:
-    servers = []
-    for entry in config.get("dns_nameservers"):
-        host, port = entry, 53
-        if entry.startswith("["):
-            host, _, rest = entry[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 53
-        elif entry.count(":") == 1:
-            host, _, text = entry.partition(":")
-            port = int(text)
-        servers.append((host, port))
-    return servers or None
-
-
 class DeliveryService:
     def __init__(self, config, partition, log):
         self.partition = partition
@@ -74,7 +61,7 @@ class DeliveryService:
         settings. Raises ConfigError or ValueError for a bad configuration, changing nothing."""
         get = config.get
         self.own_addresses = host_addresses(config)
-        self.dns = DnsResolver(_nameservers(config), inet_protocols=",".join(get("inet_protocols")),
+        self.dns = DnsResolver(configured_nameservers(config), inet_protocols=",".join(get("inet_protocols")),
                                smtp_address_preference=get("smtp_address_preference"))
         self.caches = []
         smtp = self._agent(config, lmtp=False)

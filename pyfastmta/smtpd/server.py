@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from pyfastmta.dns import DnsResolver
+from pyfastmta.dns.resolver import configured_nameservers
 from pyfastmta.smtpd.peername import PeernameCache
 from pyfastmta.smtpd.session import SmtpSession
 from pyfastmta.smtpd.settings import SmtpdSettings
@@ -15,7 +17,7 @@ class SmtpServer:
         self.partition = partition
         self.maillog = maillog
         self.delivery = delivery  # the worker's DeliveryService: woken for each queued message
-        self.peernames = PeernameCache(loop)
+        self.peernames: PeernameCache | None = None
         self.sessions: set[SmtpSession] = set()
         self.stopping = False
         self.session_count = 0
@@ -32,6 +34,8 @@ class SmtpServer:
     def protocol_factory(self, config):
         """A factory for loop.create_server; reload swaps it by calling this again."""
         settings = SmtpdSettings(config)
+        self.peernames = PeernameCache(DnsResolver(configured_nameservers(config),
+                                                   inet_protocols=",".join(config.get("inet_protocols"))))
 
         def make_session() -> SmtpSession:
             return SmtpSession(self, settings)
