@@ -12,7 +12,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the build environment
     sys.exit("pyfastmta: Cython is required to build ext/ (pip install cython)")
 
-EXT_MODULES = ["smtpproto", "smtpreply", "headers", "datasync", "hashtable", "cidr", "address"]
+EXT_MODULES = ["smtpproto", "smtpreply", "headers", "datasync", "hashtable", "cidr", "address", "anvil"]
 
 compile_args = ["-O2"]
 link_args = []
