@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks talk to: Postfix (smtp-source, smtp-sink, postmap, a TLS
 # peer; postfix-pcre for pcre: tables), swaks, Dovecot's LMTP server, and Redis (redis: tables).
-DEBIAN_PACKAGES := postfix postfix-pcre swaks dovecot-lmtpd redis-server
+DEBIAN_PACKAGES := postfix postfix-pcre swaks dovecot-lmtpd redis-server postgrey
 PYTEST_ARGS ?=
 
 .PHONY: run test bench bench-relay bench-micro bench-tables build sysdeps sanitize clean
