@@ -71,6 +71,7 @@ cdef class SmtpServerParser:
       on_command(verb: bytes, arg: bytes)
       on_line_too_long()  -- once per command line longer than line_length_limit
       on_data_end(content: bytes, too_big: bool, bare_newline: bool)
+      on_line(line: bytes)  -- the next line after read_line(), whole (an AUTH response)
     A true return value from any of them pauses the parser (see `resume`). An
     exception raised by one propagates out of feed()/resume() and leaves the
     parser paused with the unprocessed bytes buffered.
@@ -87,6 +88,8 @@ cdef class SmtpServerParser:
     cdef object _on_command
     cdef object _on_line_too_long
     cdef object _on_data_end
+    cdef object _on_line
+    cdef bint _line_requested         # read_line(): the next line goes to on_line, as it is
     cdef ByteBuffer _pending          # bytes received but not processed yet
     cdef ByteBuffer _content          # the message being received
     cdef Py_ssize_t _line_length_limit
@@ -118,6 +121,7 @@ cdef class SmtpServerParser:
         self._on_command = handler.on_command
         self._on_line_too_long = handler.on_line_too_long
         self._on_data_end = handler.on_data_end
+        self._on_line = getattr(handler, "on_line", None)
         self._line_length_limit = line_length_limit
         self._message_size_limit = message_size_limit
         self._last_line_crlf = True
@@ -207,6 +211,13 @@ cdef class SmtpServerParser:
             self._discard_requested = True
         else:
             bytebuf_clear(&self._pending)
+
+    def read_line(self):
+        """The next line goes to on_line(line) whole, without its line ending, instead of
+        to on_command: an AUTH response is base64, where case matters."""
+        if self._on_line is None:
+            raise TypeError("the handler has no on_line method")
+        self._line_requested = True
 
     def start_data(self):
         """Switch to data mode; the bytes after the current command are message content."""
@@ -356,6 +367,7 @@ cdef class SmtpServerParser:
             line_end = lf - data
             if self._skipping_long_line:
                 self._skipping_long_line = False
+                self._line_requested = False
                 pos = line_end + 1
                 self._progress = pos
                 result = self._on_line_too_long()
@@ -378,8 +390,12 @@ cdef class SmtpServerParser:
             end -= 1
         self._progress = lf + 1
         if end - start > self._line_length_limit:
+            self._line_requested = False
             return self._on_line_too_long()
         self._last_line_crlf = crlf
+        if self._line_requested:
+            self._line_requested = False
+            return self._on_line(PyBytes_FromStringAndSize(<const char*>data + start, end - start))
         verb_start = start
         while verb_start < end and is_wsp(data[verb_start]):
             verb_start += 1

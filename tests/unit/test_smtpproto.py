@@ -56,6 +56,9 @@ class Recorder:
         self.events.append(("data", content, too_big, bare_newline))
         return "DATA-END" in self.pause_on
 
+    def on_line(self, line):
+        self.events.append(("line", line))
+
 
 def make_parser(pause_on=(), **limits):
     recorder = Recorder(pause_on)
@@ -154,6 +157,26 @@ def test_command_splitting():
         ("command", b"", b""),
         ("command", b"QUIT", b""),
     ]
+
+
+def test_read_line_hands_over_the_next_line_as_it_is():
+    # An AUTH exchange: the client's responses are base64, where case matters.
+    parser, recorder = make_parser(line_length_limit=20)
+
+    def on_command(verb, arg):
+        recorder.events.append(("command", verb, arg))
+        if verb == b"AUTH":
+            parser.read_line()
+
+    recorder.command_hook = on_command
+    feed_chunks(parser, [b"AUTH LOGIN\r\ndXNlcg==  \r\nnoop\r\nAUTH x\r\n" + b"Y" * 30 + b"\r\nquit\r\n"])
+    assert recorder.events == [
+        ("command", b"AUTH", b"LOGIN"), ("line", b"dXNlcg==  "), ("command", b"NOOP", b""),
+        ("command", b"AUTH", b"x"), ("line_too_long",), ("command", b"QUIT", b""),
+    ]
+    with pytest.raises(TypeError, match="on_line"):
+        SmtpServerParser(type("NoLines", (), {"on_command": None, "on_line_too_long": None,
+                                              "on_data_end": None})()).read_line()
 
 
 def test_line_limit_counts_bytes_without_line_ending():
