@@ -170,6 +170,11 @@ class Config:
         pending: list[str] = [self._texts[name] for name in PARAMETERS]
         pending += [value for service in self.services for value in service.overrides.values()]
         used: set[str] = set()
+        # Restriction classes are parameters of the administrator's naming.
+        for name in self._expanded["smtpd_restriction_classes"].replace(",", " ").split():
+            if name in self._settings and name not in PARAMETERS:
+                used.add(name)
+                pending.append(self._settings[name].value)
         while pending:
             for name in referenced_names(pending.pop()):
                 if name not in used and name in self._settings and name not in PARAMETERS:

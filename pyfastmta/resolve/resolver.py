@@ -108,7 +108,7 @@ class AddressResolver:
         domain = domain.rstrip(".")
         address = f"{local}@{domain}"
         literal = domain.startswith("[") and domain.endswith("]")
-        valid = (_valid_literal(domain) if literal else _valid_hostname(domain, self.smtputf8_enable))
+        valid = (_valid_literal(domain) if literal else valid_hostname(domain, self.smtputf8_enable))
         if not self.allow_min_user and recipient.startswith("-"):
             # An address that looks like a command-line option must never reach a command.
             valid = False
@@ -164,7 +164,7 @@ def _valid_literal(domain: str) -> bool:
     return literal_address(domain) is not None
 
 
-def _valid_hostname(domain: str, smtputf8_enable: bool) -> bool:
+def valid_hostname(domain: str, smtputf8_enable: bool) -> bool:
     """Postfix's host name rules: labels of 1 to 63 letters, digits, "-" or "_", no "-" at either
     end of a label, at most 255 characters, and not all digits and dots (a bare IP address)."""
     if not domain or len(domain) > 255:

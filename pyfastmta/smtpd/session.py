@@ -10,6 +10,7 @@ commands that followed the message (pipelined in the same read) processed.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 from pyfastmta._ext.smtpproto import SmtpServerParser, parse_path_argument
@@ -17,11 +18,18 @@ from pyfastmta.cleanup.message import Rejected, clean_message
 from pyfastmta.cleanup.rewrite import AliasExpansionError
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtpd.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
+from pyfastmta.smtpd.restrictions import CheckState, Request, Verdict
+from pyfastmta.smtpd.tls import TlsInfo
 
 _COMMAND_NAMES = {
     b"EHLO": "ehlo", b"HELO": "helo", b"MAIL": "mail", b"RCPT": "rcpt", b"DATA": "data",
     b"RSET": "rset", b"NOOP": "noop", b"QUIT": "quit", b"VRFY": "vrfy", b"HELP": "help",
 }
+_COMMAND_NAMES[b"STARTTLS"] = "starttls"
+# What a client may say before STARTTLS when smtpd_tls_security_level = encrypt (as Postfix).
+_PRE_TLS_VERBS = frozenset({b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"QUIT"})
+# Commands after which an ESMTP client must wait for the reply (the end of a pipelined group).
+_SYNC_VERBS = frozenset({b"EHLO", b"HELO", b"DATA", b"NOOP", b"VRFY"})
 
 # Control characters from the client never reach a header or a log line (a bare CR in HELO
 # would otherwise start a header line of the client's choosing in Received:).
@@ -34,6 +42,9 @@ def printable(arg: bytes) -> str:
 
 # Bytes a paused session buffers before it stops reading from the client.
 PAUSED_BUFFER_LIMIT = 65536
+
+# Seconds a closing TLS session waits for the client's close_notify before the socket goes.
+TLS_SHUTDOWN_TIMEOUT = 5.0
 
 _HELP_REPLY = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
@@ -60,6 +71,15 @@ class SmtpSession(asyncio.Protocol):
         self._early_data: list[bytes] = []
         self._timer = None
         self._last_activity = 0.0
+        # Restriction lists: what carries over between checks, the connect-time refusal
+        # (smtpd_delay_reject = no), and command pipelining as reject_unauth_pipelining sees it.
+        self.check_state = CheckState()
+        self.access_denied: str | None = None
+        self.illegal_pipelining = False
+        self._lines_pending = 0
+        self._input_ends_line = True
+        self.tls: TlsInfo | None = None  # the established TLS session, if any
+        self._tls_task = None  # the handshake under way (held: the loop keeps only a weak reference)
         self._reset_transaction()
 
     # ---- transaction state -------------------------------------------------------------------
@@ -75,6 +95,7 @@ class SmtpSession(asyncio.Protocol):
         self.ret: str | None = None
         self.envid: str | None = None
         self.in_data = False
+        self.check_state.reset_transaction()
 
     @property
     def in_transaction(self) -> bool:
@@ -97,6 +118,11 @@ class SmtpSession(asyncio.Protocol):
         self.server.session_started(self)
         self._last_activity = self.server.loop.time()
         self._timer = self.server.loop.call_later(settings.timeout, self._check_timeout)
+        if settings.tls.wrappermode:
+            # Implicit TLS (smtps): the handshake comes before the greeting.
+            transport.pause_reading()
+            self._tls_task = self.server.loop.create_task(self._start_tls(wrapper=True))
+            return
         name = self.server.peernames.cached(addr) if settings.peername_lookup else "unknown"
         if name is None:
             self.server.loop.create_task(self._lookup_then_greet(addr))
@@ -112,7 +138,12 @@ class SmtpSession(asyncio.Protocol):
         self.client_name = name
         self.greeted = True
         self.server.log("smtpd", f"connect from {self.client_label}")
-        self.transport.write(self.settings.banner)
+        if self._early_data:
+            self.illegal_pipelining = True  # the client spoke before the greeting
+        if not self._connect_allowed():
+            self.transport.write(self.access_denied.encode() + b"\r\n")
+        else:
+            self.transport.write(self.settings.banner)
         if self._early_data:
             data = b"".join(self._early_data)
             self._early_data.clear()
@@ -130,6 +161,7 @@ class SmtpSession(asyncio.Protocol):
             return
         self._last_activity = self.server.loop.time()
         parser = self.parser
+        self._note_input(data)
         parser.feed(data)
         self.flush_replies()
         if parser.paused and parser.buffered > PAUSED_BUFFER_LIMIT and self.transport is not None:
@@ -218,10 +250,12 @@ class SmtpSession(asyncio.Protocol):
     # ---- parser callbacks ----------------------------------------------------------------------
 
     def on_line_too_long(self) -> None:
+        self._lines_pending -= 1
         self.last_command = "UNKNOWN"
         self._error("unknown", "500 5.5.2 Error: line too long")
 
     def on_command(self, verb: bytes, arg: bytes):
+        self._lines_pending -= 1
         if self.closing:
             return True
         name = _COMMAND_NAMES.get(verb)
@@ -235,20 +269,31 @@ class SmtpSession(asyncio.Protocol):
             self.reply(f"421 4.3.2 {self.settings.myhostname} Service shutting down, closing transmission channel")
             self.closing = True
             return True
+        if self.tls is None and verb not in _PRE_TLS_VERBS and self.settings.tls.required:
+            return self._error(name, "530 5.7.0 Must issue a STARTTLS command first")
+        gated, result = self._restriction_gate(verb, name)
+        if gated:
+            return result
         return _HANDLERS[verb](self, arg)
 
     def smtp_ehlo(self, arg: bytes):
         if not arg:
             return self._error("ehlo", "501 Syntax: EHLO hostname")
+        refused = self._check_helo_now(printable(arg))
+        if refused is not None:
+            return self._error("ehlo", refused)
         self._reset_transaction()
         self.helo_name = printable(arg)
         self.esmtp = True
         self._count("ehlo", True)
-        self._out.append(self.settings.ehlo_reply)
+        self._out.append(self.settings.ehlo_reply if self.tls is not None else self.settings.ehlo_reply_starttls)
 
     def smtp_helo(self, arg: bytes):
         if not arg:
             return self._error("helo", "501 Syntax: HELO hostname")
+        refused = self._check_helo_now(printable(arg))
+        if refused is not None:
+            return self._error("helo", refused)
         self._reset_transaction()
         self.helo_name = printable(arg)
         self.esmtp = False
@@ -256,6 +301,8 @@ class SmtpSession(asyncio.Protocol):
         self.reply(f"250 {self.settings.myhostname}")
 
     def smtp_mail(self, arg: bytes):
+        if self.settings.restrictions.helo_required and self.helo_name is None:
+            return self._error("mail", "503 5.5.1 Error: send HELO/EHLO first")
         if self.in_transaction:
             return self._error("mail", "503 5.5.1 Error: nested MAIL command")
         status, address, params = parse_path_argument(arg, b"FROM")
@@ -297,6 +344,9 @@ class SmtpSession(asyncio.Protocol):
                 return self._error("mail", f"555 5.5.4 Unsupported option: {key}")
         if not smtputf8 and not address.isascii():
             return self._error("mail", "553 5.6.7 Must declare SMTPUTF8 to send unicode address")
+        refused = self._check_mail_now(address, smtputf8)
+        if refused is not None:
+            return self._error("mail", refused)
         self.sender = address
         self.body_type = body_type
         self.smtputf8 = smtputf8
@@ -336,28 +386,15 @@ class SmtpSession(asyncio.Protocol):
             self._count("rcpt", False)
             self.reply("452 4.5.3 Error: too many recipients")
             return None
-        if not self._may_relay_to(address):
-            text = f"554 5.7.1 <{address}>: Relay access denied"
-            self._log_reject("RCPT", text, address)
-            return self._error("rcpt", text)
+        refused = self._check_rcpt(address)
+        if refused is not None:
+            return self._error("rcpt", refused)
         if self.queue_id is None:
             self.queue_id = self.server.partition.new_queue_id()
             self.server.log("smtpd", f"{self.queue_id}: client={self.client_label}")
         self.recipients.append(Recipient(address=address, orcpt=orcpt, notify=notify))
         self._count("rcpt", True)
         self.reply("250 2.1.5 Ok")
-
-    def _may_relay_to(self, address: str) -> bool:
-        if self.in_mynetworks:
-            return True
-        at = address.rfind("@")
-        if at < 0:
-            # An unqualified recipient belongs to $myorigin (append_at_myorigin).
-            return self.settings.domain_is_local_or_relay(self.settings.myorigin)
-        domain = address[at + 1:]
-        if domain.startswith("["):
-            return False
-        return self.settings.domain_is_local_or_relay(domain)
 
     def _log_reject(self, stage: str, text: str, recipient: str | None) -> None:
         parts = [f"{self.queue_id or 'NOQUEUE'}: reject: {stage} from {self.client_label}: {text};"
@@ -369,6 +406,94 @@ class SmtpSession(asyncio.Protocol):
             parts.append(f" helo=<{self.helo_name}>")
         self.server.log("smtpd", "".join(parts))
 
+    # ---- restriction lists (pyfastmta/smtpd/restrictions.py) -------------------------------
+
+    def _request(self, **changed) -> Request:
+        facts = dict(client_name=self.client_name, client_addr=self.client_addr,
+                     in_mynetworks=self.in_mynetworks, helo=self.helo_name, sender=self.sender,
+                     smtputf8=self.smtputf8, illegal_pipelining=self.illegal_pipelining)
+        facts.update(changed)
+        return Request(**facts)
+
+    def _apply(self, verdict: Verdict, stage: str, request: Request) -> str | None:
+        """Writes the check's log lines as Postfix does; the reply when it refused."""
+        log = self.server.log
+        for what, text in verdict.events:
+            if what == "warning":
+                log("smtpd", f"warning: {text}")
+                continue
+            parts = [f"{self.queue_id or 'NOQUEUE'}: {what}: {stage} from {self.client_label}: {text};"]
+            if request.sender is not None:
+                parts.append(f" from=<{request.sender}>")
+            if request.recipient is not None:
+                parts.append(f" to=<{request.recipient}>")
+            parts.append(f" proto={'ESMTP' if self.esmtp else 'SMTP'}")
+            if request.helo:
+                parts.append(f" helo=<{request.helo}>")
+            log("smtpd", "".join(parts))
+        return verdict.reply
+
+    def _connect_allowed(self) -> bool:
+        restrictions = self.settings.restrictions
+        if restrictions.delay_reject:
+            return True
+        request = self._request()
+        self.access_denied = self._apply(restrictions.check_client(request, self.check_state),
+                                         "CONNECT", request)
+        if self.access_denied is not None:
+            self.error_count += 1
+        return self.access_denied is None
+
+    def _check_helo_now(self, helo: str) -> str | None:
+        restrictions = self.settings.restrictions
+        if restrictions.delay_reject:
+            return None
+        request = self._request(helo=helo)
+        return self._apply(restrictions.check_helo(request, self.check_state), self.last_command, request)
+
+    def _check_mail_now(self, sender: str, smtputf8: bool) -> str | None:
+        restrictions = self.settings.restrictions
+        if restrictions.delay_reject:
+            return None
+        request = self._request(sender=sender, smtputf8=smtputf8)
+        return self._apply(restrictions.check_mail(request, self.check_state), "MAIL", request)
+
+    def _check_rcpt(self, recipient: str) -> str | None:
+        request = self._request(recipient=recipient)
+        verdict = self.settings.restrictions.check_rcpt(request, self.check_state)
+        return self._apply(verdict, "RCPT", request)
+
+    def _check_stage(self, stage: str, where: str) -> str | None:
+        restrictions = self.settings.restrictions
+        if not restrictions.lists[stage]:
+            return None
+        # With several recipients none is named: the check is about all of them.
+        recipient = self.recipients[0].address if len(self.recipients) == 1 else None
+        request = self._request(recipient=recipient)
+        check = restrictions.check_data if stage == "data" else restrictions.check_end_of_data
+        return self._apply(check(request, self.check_state), where, request)
+
+    def _note_input(self, data: bytes) -> None:
+        """Counts the command lines received and not yet processed: when the parser is not
+        paused, everything before this read has been processed."""
+        if not self.parser.paused:
+            self._lines_pending = 0
+        self._lines_pending += data.count(b"\n")
+        self._input_ends_line = data.endswith(b"\n")
+
+    def _restriction_gate(self, verb: bytes, name: str) -> tuple[bool, object]:
+        """Before a command runs: note improper pipelining, and refuse every command but QUIT
+        from a client that the client restrictions refused at connect."""
+        if (not self.illegal_pipelining and (self._lines_pending > 0 or not self._input_ends_line)
+                and (not self.esmtp or verb in _SYNC_VERBS)):
+            self.illegal_pipelining = True
+            self.server.log("smtpd", f"improper command pipelining after {self.last_command} "
+                                     f"from {self.client_label}")
+        if self.access_denied is not None and verb != b"QUIT":
+            return True, self._error(name, f"503 5.7.0 Error: access denied for {self.client_name}"
+                                           f"[{self.client_addr}]")
+        return False, None
+
     def smtp_data(self, arg: bytes):
         if arg:
             return self._error("data", "501 5.5.4 Syntax: DATA")
@@ -376,6 +501,9 @@ class SmtpSession(asyncio.Protocol):
             return self._error("data", "503 5.5.1 Error: need RCPT command")
         if not self.recipients:
             return self._error("data", "554 5.5.1 Error: no valid recipients")
+        refused = self._check_stage("data", "DATA")
+        if refused is not None:
+            return self._error("data", refused)
         self.in_data = True
         self.reply("354 End data with <CR><LF>.<CR><LF>")
         self.parser.start_data()
@@ -414,10 +542,25 @@ class SmtpSession(asyncio.Protocol):
 
     def on_data_end(self, content: bytes, too_big: bool, bare_newline: bool):
         self.in_data = False
+        # The message's lines and its final dot line were not commands.
+        self._lines_pending = 0 if too_big else self._lines_pending - content.count(b"\n") - 1
         if too_big:
             self._count("data", False)
             self.reply("552 5.3.4 Error: message file too big")
             self._log_reject("END-OF-MESSAGE", "552 5.3.4 Error: message file too big", None)
+            self._reset_transaction()
+            return None
+        refused = self._check_stage("end_of_data", "END-OF-MESSAGE")
+        if refused is not None:
+            self._count("data", False)
+            self.reply(refused)
+            self._reset_transaction()
+            return None
+        if self.check_state.discard is not None:
+            # DISCARD: the client hears success, nothing is queued.
+            self._count("data", True)
+            self.server.log("smtpd", f"{self.queue_id}: discard: {self.check_state.discard}")
+            self.reply(f"250 2.0.0 Ok: queued as {self.queue_id}")
             self._reset_transaction()
             return None
         self._queue_message(content)
@@ -427,6 +570,8 @@ class SmtpSession(asyncio.Protocol):
         queue_id = self.queue_id
         recipients = self.recipients
         protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+        if self.tls is not None and self.esmtp:
+            protocol += "S"  # RFC 3848: ESMTPS
         now = time.time()
         try:
             message = clean_message(
@@ -434,6 +579,8 @@ class SmtpSession(asyncio.Protocol):
                 recipients=[r.address for r in recipients], helo=self.helo_name,
                 client_name=self.client_name, client_addr=self.client_addr, protocol=protocol,
                 local_client=self.local_client, now=now,
+                tls_clause=(self.tls.received_clause(self.settings.tls.ask_ccert)
+                            if self.tls is not None and self.settings.tls.received_header else ""),
             )
         except Rejected as rejected:
             self._count("data", False)
@@ -525,6 +672,80 @@ class SmtpSession(asyncio.Protocol):
         self.transport.resume_reading()
         self.parser.resume()
         self.flush_replies()
+
+    # ---- TLS: STARTTLS and implicit TLS ------------------------------------------------------
+
+    def smtp_starttls(self, arg: bytes):
+        if arg:
+            return self._error("starttls", "501 5.5.4 Syntax: STARTTLS")
+        if self.tls is not None:
+            return self._error("starttls", "554 5.5.1 Error: TLS already active")
+        if not self.settings.tls.offered:
+            return self._error("starttls", "502 5.5.1 Error: command not implemented")
+        self._count("starttls", True)
+        self.reply("220 2.0.0 Ready to start TLS")
+        # Whatever the client sent behind STARTTLS in plaintext is dropped unread: it must not
+        # run as if it came over TLS (CVE-2011-0411). Nothing more is read until the handshake.
+        self.parser.discard_buffered()
+        self._lines_pending = 0  # the dropped lines are no longer waiting to be processed
+        self.transport.pause_reading()
+        self._tls_task = self.server.loop.create_task(self._start_tls(wrapper=False))
+        return True  # the parser stays paused until the TLS session exists
+
+    async def _start_tls(self, wrapper: bool) -> None:
+        tls = self.settings.tls
+        loop = self.server.loop
+        raw = self.transport
+        if wrapper and self.settings.peername_lookup:
+            name = self.server.peernames.cached(self.client_addr)
+            self.client_name = name if name is not None else await self.server.peernames.lookup(self.client_addr)
+        if self.transport is None:
+            return
+        started = loop.time()
+        try:
+            transport = await loop.start_tls(raw, self, tls.context, server_side=True,
+                                             ssl_handshake_timeout=tls.handshake_timeout,
+                                             ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            # Both loops report their handshake timeout as an aborted connection.
+            timed_out = loop.time() - started >= tls.handshake_timeout
+            self._tls_failed(raw, TimeoutError() if timed_out else error, wrapper)
+            return
+        if transport is None or self.transport is None:  # the client left during the handshake
+            return
+        self.transport = transport
+        self._last_activity = loop.time()
+        self.tls = TlsInfo(transport.get_extra_info("ssl_object"), tls.digest)
+        if tls.loglevel >= 1:
+            self.server.log("smtpd", self.tls.log_line(self.client_label))
+        if wrapper:
+            self._greet(self.client_name)
+            return
+        # RFC 3207 4.2: the client starts over; what it said before TLS is forgotten.
+        self.helo_name = None
+        self.esmtp = False
+        self._reset_transaction()
+        self._resume_parser()
+
+    def _tls_failed(self, raw, error: BaseException, wrapper: bool) -> None:
+        if wrapper:
+            self.server.log("smtpd", f"connect from {self.client_label}")
+        if isinstance(error, TimeoutError):
+            reason = "timeout"
+        elif isinstance(error, ssl.SSLError):
+            reason = error.reason or error.__class__.__name__
+        else:
+            reason = "lost connection"
+        self.server.log("smtpd", f"SSL_accept error from {self.client_label}: {reason}")
+        self.server.log("smtpd", f"lost connection after {'CONNECT' if wrapper else 'STARTTLS'} "
+                                 f"from {self.client_label}")
+        raw.abort()
+        self.server.loop.call_later(1.0, self._ended_after_tls_failure, error)
+
+    def _ended_after_tls_failure(self, error: BaseException) -> None:
+        if self in self.server.sessions:
+            # The loop did not report the end of the connection to this protocol: end it here.
+            self.connection_lost(error)
 
     # ---- client classification -------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from pyfastmta.config.interfaces import LocalDomains, host_addresses
 from pyfastmta.config import ConfigError
 from pyfastmta.maps import TableError
 from pyfastmta.maps.matchlist import DomainList, NetworkList
+from pyfastmta.smtpd.restrictions import Restrictions
+from pyfastmta.smtpd.tls import TlsSettings
 
 
 class SmtpdSettings:
@@ -42,7 +44,13 @@ class SmtpdSettings:
         self.always_add_missing_headers: bool = get("always_add_missing_headers")
         self.local_header_rewrite_clients = list(get("local_header_rewrite_clients"))
         self.cleanup = CleanupSettings(config, header_rewriter(config, self.rewriter))
+        # Restriction lists (smtpd_*_restrictions), compiled and their tables opened once.
+        self.restrictions = Restrictions(config, local_domains=self.local_domains,
+                                         relay_domains=self.relay_domains)
+        # TLS: the context comes from a cache the master fills before the fork (see tls.py).
+        self.tls = TlsSettings(config)
         self.ehlo_reply = self._ehlo_reply()
+        self.ehlo_reply_starttls = self._ehlo_reply(starttls=True) if self.tls.offered else self.ehlo_reply
         self._clients: dict[str, tuple[bool, bool]] = {}
 
     def classify_client(self, addr: str) -> tuple[bool, bool]:
@@ -59,10 +67,13 @@ class SmtpdSettings:
             self._clients[addr] = known
         return known
 
-    def _ehlo_reply(self) -> bytes:
+    def _ehlo_reply(self, starttls: bool = False) -> bytes:
         lines = [self.myhostname, "PIPELINING"]
         lines.append(f"SIZE {self.message_size_limit}" if self.message_size_limit else "SIZE")
-        lines += ["VRFY", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+        lines.append("VRFY")
+        if starttls:
+            lines.append("STARTTLS")
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
         if self.smtputf8_enable:
             lines.append("SMTPUTF8")
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"

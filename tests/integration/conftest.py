@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from peers.loopback import free_port
+from peers.rawclient import RawClient
 
 # The installed console script, as a user runs it (never the source tree's package).
 PYFASTMTA = [os.path.join(os.path.dirname(sys.executable), "pyfastmta")]
@@ -167,46 +167,6 @@ def make_mta(tmp_path, event_loop_name):
 @pytest.fixture
 def mta(make_mta) -> Mta:
     return make_mta()
-
-
-class RawClient:
-    """A plain socket SMTP client: sends exactly the bytes it is given, reads whole replies."""
-
-    def __init__(self, host: str, port: int, source: str | None = None, timeout: float = 15):
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> tuple[int, str]:
-        """One (possibly multi-line) reply: its code and its lines joined by newlines."""
-        lines = []
-        while True:
-            while b"\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"connection closed; got so far: {lines!r} {self.buffer!r}")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            text = line.decode()
-            lines.append(text)
-            if len(text) < 4 or text[3] != "-":
-                return int(text[:3]), "\n".join(lines)
-
-    def command(self, line: str) -> tuple[int, str]:
-        self.send(line.encode() + b"\r\n")
-        return self.reply()
-
-    def closed_by_server(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

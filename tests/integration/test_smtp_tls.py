@@ -6,7 +6,6 @@ and a peer that offers STARTTLS but breaks the handshake. Every test runs on uvl
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import random
 import re
@@ -21,11 +20,8 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from peers.certificates import self_signed_certificate
 from peers.loopback import free_port, start_smtp_sink, wait_until
 from peers.privatepostfix import PostfixInstance
 from pyfastmta.queue.envelope import Envelope, Recipient
@@ -45,30 +41,6 @@ def run(event_loop_name: str, coro):
     factory = uvloop.new_event_loop if event_loop_name == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A fresh P-256 key and a self-signed certificate for it, as PEM files only root can read."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tls-peer.example.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("tls-peer.example.test")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return cert_file, key_file
 
 
 class TlsPostfix:

@@ -222,6 +222,17 @@ def test_warnings_for_unused_and_undefined_names(tmp_path):
     assert config.get("smtpd_banner") == "ready"
 
 
+def test_restriction_classes_are_used_names(tmp_path):
+    # A class and what its value refers to are in use; an unlisted name still gets its warning.
+    config = load_config(write_config(tmp_path, (
+        "smtpd_restriction_classes = strict, $other_class\nother_class = relaxed\n"
+        "strict = reject_unauth_destination, $extra\nextra = permit\nrelaxed = permit\n"
+        "unlisted = reject\n"), "smtp inet n - n - - smtpd\n"))
+    assert config.warnings == [
+        f"{tmp_path}/main.cf:6: unlisted is not a pyfastmta parameter and no parameter refers to it; "
+        "it is ignored"]
+
+
 def _postfix_mynetworks(directory: Path, style: str) -> list[str]:
     (directory / "main.cf").write_text(f"mynetworks_style = {style}\n")
     (directory / "master.cf").write_text("")
