@@ -58,11 +58,12 @@ class Rejected(Exception):
 
 def received_header(*, helo: str | None, client_name: str, client_addr: str, myhostname: str,
                     mail_name: str, protocol: str, queue_id: str, recipients: list[str],
-                    now: float, tls_clause: str = "") -> str:
+                    now: float, tls_clause: str = "", auth_clause: str = "") -> str:
     """Postfix's Received: layout; `for <rcpt>` only when there is exactly one recipient;
-    tls_clause (CRLF-ended lines) goes between the from and by parts."""
+    tls_clause and then auth_clause (CRLF-ended lines) go between the from and by parts."""
     addr = f"IPv6:{client_addr}" if ":" in client_addr else client_addr
     lines = [f"Received: from {helo or client_name} ({client_name} [{addr}])\r\n", tls_clause,
+             auth_clause,
              f"\tby {myhostname} ({mail_name}) with {protocol} id {queue_id}"]
     if len(recipients) == 1:
         lines.append(f"\r\n\tfor <{recipients[0]}>; {mail_date(now)}\r\n")
@@ -99,7 +100,7 @@ class CleanMessage:
 def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: str,
                   recipients: list[str], helo: str | None, client_name: str, client_addr: str,
                   protocol: str, local_client: bool, now: float | None = None,
-                  tls_clause: str = "") -> CleanMessage:
+                  tls_clause: str = "", auth_clause: str = "") -> CleanMessage:
     """Returns the message as it will be queued, or raises Rejected."""
     if now is None:
         now = time.time()
@@ -115,6 +116,7 @@ def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: 
         helo=helo, client_name=client_name, client_addr=client_addr,
         myhostname=settings.myhostname, mail_name=settings.mail_name, protocol=protocol,
         queue_id=queue_id, recipients=recipients, now=now, tls_clause=tls_clause,
+        auth_clause=auth_clause,
     )
     rewriter = settings.header_rewriter
     context = rewriter.context(local_client) if rewriter is not None else None

@@ -14,6 +14,7 @@ import time
 import traceback
 
 from pyfastmta import __version__
+from pyfastmta._ext.anvil import ClientEvents
 from pyfastmta.config import ConfigError, load_config
 from pyfastmta.maillog import Maillog
 from pyfastmta.master.pidfile import PidFile
@@ -25,6 +26,9 @@ from pyfastmta.smtpd.settings import SmtpdSettings
 THROTTLE_SECONDS = 1.0
 MIN_HEALTHY_SECONDS = 10.0
 STARTUP_TIMEOUT = 120.0
+# Clients the limits can follow at once (64 bytes each); a client seen in no window and with no
+# connection frees its slot.
+CLIENT_EVENT_SLOTS = 65536
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
 
@@ -69,6 +73,9 @@ class Master:
         self.maillog = Maillog.for_config(config, daemon)
         self.listeners: list[list[tuple[object, socket.socket]]] = []
         self.slots: list[WorkerSlot] = []
+        # Client connection and event counts for every worker (smtpd_client_*_limit): made
+        # before the first fork, so that all workers share one table.
+        self.client_events = ClientEvents(CLIENT_EVENT_SLOTS)
         self.stopping = False
         self.pidfile: PidFile | None = None
         self._ready_r = self._ready_w = -1
@@ -169,7 +176,7 @@ class Master:
                         for _service, sock in socks:
                             sock.close()
                 worker = Worker(slot.index, self.config, self.listeners[slot.index],
-                                self._ready_w, self._alive_r, self.daemon)
+                                self._ready_w, self._alive_r, self.daemon, self.client_events)
                 code = worker.run()
             except BaseException:
                 self.maillog.log("worker", "fatal: " + traceback.format_exc().replace("\n", " | "))

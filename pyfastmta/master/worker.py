@@ -33,13 +33,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 class Worker:
     def __init__(self, index: int, config, listeners, ready_fd: int, master_alive_fd: int,
-                 daemon: bool = False):
+                 daemon: bool = False, client_events=None):
         self.index = index
         self.config = config
         self.listeners = listeners  # [(service, socket)]
         self.ready_fd = ready_fd
         self.master_alive_fd = master_alive_fd
         self.daemon = daemon
+        self.client_events = client_events  # the master's table, shared by all workers
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_requested: asyncio.Event | None = None
         self.factories: dict[int, object] = {}
@@ -78,11 +79,11 @@ class Worker:
         gc.freeze()
         self.delivery = DeliveryService(config, partition, self.maillog.log)
         delivery = loop.create_task(self.delivery.run())
-        self.server = SmtpServer(loop, partition, self.maillog, self.delivery)
+        self.server = SmtpServer(loop, partition, self.maillog, self.delivery, self.client_events)
         self.stop_requested = asyncio.Event()
         servers = []
         for key, (service, sock) in enumerate(self.listeners):
-            self.factories[key] = self.server.protocol_factory(config.for_service(service))
+            self.factories[key] = self.server.protocol_factory(config.for_service(service), service.name)
             # create_server listens again, with asyncio's backlog of 100 unless told otherwise.
             servers.append(await loop.create_server(self._session_factory(key), sock=sock,
                                                     backlog=LISTEN_BACKLOG))
@@ -125,7 +126,7 @@ class Worker:
         services = {svc.name: svc for svc in config.smtpd_services()}
         for key, (service, _sock) in enumerate(self.listeners):
             current = services.get(service.name, service)
-            self.factories[key] = self.server.protocol_factory(config.for_service(current))
+            self.factories[key] = self.server.protocol_factory(config.for_service(current), current.name)
 
     def _flush(self, flush_requests: FlushRequests) -> None:
         for site in flush_requests.new_sites():

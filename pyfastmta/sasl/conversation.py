@@ -9,8 +9,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SaslStep:
     """What the backend says after a response: "continue" with a challenge (base64, sent as
-    `334 challenge`), "ok" with the authenticated user name, or "fail" with a reason for the
-    log (the client only hears 535 5.7.8). A "fail" that is temporary (the backend could not be
+    `334 challenge`), "ok" with the authenticated user name, or "fail" with the reason the
+    backend gave, if any ("" when it gave none). A "fail" that is temporary (the backend could not be
     asked) is answered 454 4.7.0 instead."""
 
     outcome: str

@@ -46,7 +46,7 @@ class DovecotAuth:
                  warn: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.timeout = timeout
-        self._warn = warn
+        self.warn = warn  # where warnings go (the worker's maillog)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._mechanisms: list[tuple[str, frozenset[str]]] = []
@@ -163,8 +163,8 @@ class DovecotAuth:
         return request_id
 
     def _warning(self, text: str) -> None:
-        if self._warn is not None:
-            self._warn(text)
+        if self.warn is not None:
+            self.warn(text)
 
 
 class DovecotConversation:
@@ -212,6 +212,6 @@ class DovecotConversation:
         if kind == "OK":
             return succeeded(values.get("user", ""))
         if kind == "FAIL":
-            return failed(values.get("reason", "authentication failed"), temporary="temp" in flags,
+            return failed(values.get("reason", ""), temporary="temp" in flags,
                           username=values.get("user", ""))
         return failed(f"unexpected answer {kind!r} from the authentication server", temporary=True)

@@ -54,7 +54,7 @@ def password_matches(stored: str, password: str, warn: Callable[[str], None] | N
 class PasswordFile:
     def __init__(self, path: str, warn: Callable[[str], None] | None = None) -> None:
         self.path = path
-        self._warn = warn
+        self.warn = warn  # where warnings go (the worker's maillog)
         self._users: dict[str, str] = {}
         self._signature: FileSignature | None = None
         self._load()
@@ -78,14 +78,14 @@ class PasswordFile:
             try:
                 self._load()
             except OSError as error:
-                if self._warn is not None:
-                    self._warn(f"SASL: cannot read {self.path} again: {error}; the users read "
+                if self.warn is not None:
+                    self.warn(f"SASL: cannot read {self.path} again: {error}; the users read "
                                "before stay")
         return self._users.get(user)
 
     def verify(self, user: str, password: str) -> bool:
         stored = self.password(user)
-        return stored is not None and password_matches(stored, password, self._warn, user)
+        return stored is not None and password_matches(stored, password, self.warn, user)
 
     async def mechanisms(self) -> list[str]:
         return list(MECHANISMS)
@@ -136,4 +136,4 @@ class PasswordConversation:
     def _check(self, user: str, password: str) -> SaslStep:
         if self._passwords.verify(user, password):
             return succeeded(user)
-        return failed("authentication failed", username=user)
+        return failed("", username=user)

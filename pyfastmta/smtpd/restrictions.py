@@ -57,6 +57,12 @@ SIMPLE_RESTRICTIONS = frozenset({
     "reject_non_fqdn_helo_hostname", "reject_non_fqdn_hostname", "reject_invalid_helo_hostname",
     "reject_invalid_hostname", "reject_non_fqdn_sender", "reject_non_fqdn_recipient",
 })
+# SMTP AUTH: the sender must be owned (smtpd_sender_login_maps) by the login name.
+SENDER_LOGIN_RESTRICTIONS = frozenset({
+    "reject_sender_login_mismatch", "reject_authenticated_sender_login_mismatch",
+    "reject_known_sender_login_mismatch", "reject_unauthenticated_sender_login_mismatch",
+})
+SIMPLE_RESTRICTIONS = SIMPLE_RESTRICTIONS | SENDER_LOGIN_RESTRICTIONS
 # One of these must be in smtpd_relay_restrictions or smtpd_recipient_restrictions, else any
 # client could relay.
 _RELAY_REQUIRED = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
@@ -265,6 +271,8 @@ class _Run:
             return OK if request.in_mynetworks else DUNNO
         if lowered == "permit_sasl_authenticated":
             return OK if request.sasl_username else DUNNO
+        if lowered in SENDER_LOGIN_RESTRICTIONS:
+            return self.check_sender_login(lowered)
         if lowered in ("reject_invalid_helo_hostname", "reject_invalid_hostname"):
             return self.check_helo_syntax(request.helo, fqdn=False) if request.helo else DUNNO
         if lowered in ("reject_non_fqdn_helo_hostname", "reject_non_fqdn_hostname"):
@@ -291,6 +299,45 @@ class _Run:
         if words is not None:
             return self.run_list(words, reply_name, reply_class, default_access)
         return self.server_error(f'unknown smtpd restriction: "{name}"')
+
+    def check_sender_login(self, restriction: str) -> int:
+        """reject_*sender_login_mismatch: the MAIL FROM address's owners, as
+        smtpd_sender_login_maps lists them (any of several names, separated by commas or
+        spaces), against the SASL login name."""
+        request = self.request
+        sender = request.sender
+        maps = self.owner.sender_login_maps
+        if not sender or maps is None:
+            return DUNNO
+        user = request.sasl_username
+        authenticated_check = restriction != "reject_unauthenticated_sender_login_mismatch"
+        unauthenticated_check = restriction != "reject_authenticated_sender_login_mismatch"
+        reply_name = internal_form(sender)
+        address = self.owner.resolve(sender).address if "@" not in sender else sender
+        local, _, domain = address.rpartition("@")
+        keys = [address.lower(), f"@{domain.lower()}"]
+        if self.owner.local_domains.matches(domain):
+            keys.insert(1, local.lower())
+        try:
+            found = maps.find(keys)
+        except TableTemporaryError as error:
+            self.verdict.events.append(("warning", str(error)))
+            return self.reject(451, "4.3.0", f"<{reply_name}>: Temporary lookup failure", policy=False)
+        except TableError as error:
+            return self.server_error(str(error))
+        owners = [name for name in found.replace(",", " ").split()] if found else []
+        if user:
+            if not authenticated_check:
+                return DUNNO
+            if restriction == "reject_known_sender_login_mismatch" and not owners:
+                return DUNNO
+            if user not in owners:
+                return self.reject(553, "5.7.1", f"<{reply_name}>: {SENDER} rejected: not owned "
+                                                 f"by user {user}")
+            return DUNNO
+        if unauthenticated_check and owners:
+            return self.reject(553, "5.7.1", f"<{reply_name}>: {SENDER} rejected: not logged in")
+        return DUNNO
 
     def check_helo_syntax(self, helo: str, fqdn: bool) -> int:
         owner = self.owner
@@ -492,6 +539,15 @@ class Restrictions:
                                                       f'"{name}" has no definition in main.cf') from None
             # A bare type:table in a class stands for the access check of the stage that uses it.
             self.classes[name] = self._compile(name, text, "check_recipient_access")
+        # smtpd_sender_login_maps, for reject_sender_login_mismatch and its variants.
+        self.sender_login_maps: Maps | None = None
+        login_maps = [spec for spec in get("smtpd_sender_login_maps") if spec]
+        if login_maps:
+            try:
+                self.sender_login_maps = Maps("smtpd_sender_login_maps", login_maps,
+                                              lambda spec: open_table(spec, self._options), self._warn)
+            except TableError as error:
+                raise ConfigError(self.main_cf, None, f"smtpd_sender_login_maps: {error}") from None
         self.lists = {stage: self._compile(parameter, config.expanded(parameter), _DEFAULT_ACCESS.get(stage))
                       for stage, parameter in STAGE_PARAMETERS.items()}
         if not (self._has_required(self.lists["relay"]) or self._has_required(self.lists["recipient"])):
@@ -726,3 +782,5 @@ class Restrictions:
     def close(self) -> None:
         for maps in self.tables.values():
             maps.close()
+        if self.sender_login_maps is not None:
+            self.sender_login_maps.close()

@@ -6,18 +6,21 @@ import asyncio
 
 from pyfastmta.dns import DnsResolver
 from pyfastmta.dns.resolver import configured_nameservers
+from pyfastmta.smtpd.limits import ClientLimits
 from pyfastmta.smtpd.peername import PeernameCache
 from pyfastmta.smtpd.session import SmtpSession
 from pyfastmta.smtpd.settings import SmtpdSettings
 
 
 class SmtpServer:
-    def __init__(self, loop, partition, maillog, delivery=None):
+    def __init__(self, loop, partition, maillog, delivery=None, client_events=None):
         self.loop = loop
         self.partition = partition
         self.maillog = maillog
         self.delivery = delivery  # the worker's DeliveryService: woken for each queued message
         self.peernames: PeernameCache | None = None
+        self.client_events = client_events
+        self._service_settings: dict[str, SmtpdSettings] = {}
         self.sessions: set[SmtpSession] = set()
         self.stopping = False
         self.session_count = 0
@@ -31,9 +34,16 @@ class SmtpServer:
         if self.delivery is not None:
             self.delivery.wake()
 
-    def protocol_factory(self, config):
+    def protocol_factory(self, config, service: str = "smtp"):
         """A factory for loop.create_server; reload swaps it by calling this again."""
         settings = SmtpdSettings(config)
+        settings.limits = ClientLimits(config, self.client_events, service)
+        if settings.sasl.backend is not None:
+            settings.sasl.backend.warn = lambda text: self.log("smtpd", f"warning: {text}")
+        previous = self._service_settings.get(service)
+        if previous is not None:
+            previous.sasl.close()  # a reload: the old backend's connection goes
+        self._service_settings[service] = settings
         self.peernames = PeernameCache(DnsResolver(configured_nameservers(config),
                                                    inet_protocols=",".join(config.get("inet_protocols"))))
 

@@ -20,12 +20,14 @@ from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtpd.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
 from pyfastmta.smtpd.restrictions import CheckState, Request, Verdict
 from pyfastmta.smtpd.tls import TlsInfo
+from pyfastmta.smtpd import auth
 
 _COMMAND_NAMES = {
     b"EHLO": "ehlo", b"HELO": "helo", b"MAIL": "mail", b"RCPT": "rcpt", b"DATA": "data",
     b"RSET": "rset", b"NOOP": "noop", b"QUIT": "quit", b"VRFY": "vrfy", b"HELP": "help",
 }
 _COMMAND_NAMES[b"STARTTLS"] = "starttls"
+_COMMAND_NAMES[b"AUTH"] = "auth"
 # What a client may say before STARTTLS when smtpd_tls_security_level = encrypt (as Postfix).
 _PRE_TLS_VERBS = frozenset({b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"QUIT"})
 # Commands after which an ESMTP client must wait for the reply (the end of a pipelined group).
@@ -79,7 +81,14 @@ class SmtpSession(asyncio.Protocol):
         self._lines_pending = 0
         self._input_ends_line = True
         self.tls: TlsInfo | None = None  # the established TLS session, if any
+        self._limits_counted = False  # this connection is counted in the machine-wide table
         self._tls_task = None  # the handshake under way (held: the loop keeps only a weak reference)
+        # SMTP AUTH (auth.py): who the client authenticated as, and the exchange under way.
+        self.sasl_method: str | None = None
+        self.sasl_username: str | None = None
+        self.sasl_sender: str | None = None  # MAIL FROM's AUTH=, for this transaction
+        self._sasl_exchange: auth.AuthExchange | None = None
+        self._sasl_task = None
         self._reset_transaction()
 
     # ---- transaction state -------------------------------------------------------------------
@@ -95,6 +104,7 @@ class SmtpSession(asyncio.Protocol):
         self.ret: str | None = None
         self.envid: str | None = None
         self.in_data = False
+        self.sasl_sender = None
         self.check_state.reset_transaction()
 
     @property
@@ -140,6 +150,8 @@ class SmtpSession(asyncio.Protocol):
         self.server.log("smtpd", f"connect from {self.client_label}")
         if self._early_data:
             self.illegal_pipelining = True  # the client spoke before the greeting
+        if self._limits_refuse_connection():
+            return
         if not self._connect_allowed():
             self.transport.write(self.access_denied.encode() + b"\r\n")
         else:
@@ -172,8 +184,14 @@ class SmtpSession(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._sasl_task is not None:
+            self._sasl_task.cancel()  # an AUTH exchange waiting for this client's next line
+            self._sasl_task = None
         if self.greeted:
             self.server.log("smtpd", f"disconnect from {self.client_label}{self._stats_text()}")
+        if self._limits_counted:
+            self.settings.limits.disconnect(self.client_addr)
+            self._limits_counted = False
         self.server.session_ended(self)
         self.transport = None
 
@@ -250,6 +268,8 @@ class SmtpSession(asyncio.Protocol):
     # ---- parser callbacks ----------------------------------------------------------------------
 
     def on_line_too_long(self) -> None:
+        if self._sasl_exchange is not None and self._sasl_exchange.wants_line:
+            return self._sasl_exchange.line_too_long()
         self._lines_pending -= 1
         self.last_command = "UNKNOWN"
         self._error("unknown", "500 5.5.2 Error: line too long")
@@ -286,7 +306,8 @@ class SmtpSession(asyncio.Protocol):
         self.helo_name = printable(arg)
         self.esmtp = True
         self._count("ehlo", True)
-        self._out.append(self.settings.ehlo_reply if self.tls is not None else self.settings.ehlo_reply_starttls)
+        return auth.ehlo_reply(self, self.settings.ehlo_reply if self.tls is not None
+                               else self.settings.ehlo_reply_starttls)
 
     def smtp_helo(self, arg: bytes):
         if not arg:
@@ -329,7 +350,9 @@ class SmtpSession(asyncio.Protocol):
             elif key == "SMTPUTF8" and settings.smtputf8_enable and value is None:
                 smtputf8 = True
             elif key == "AUTH":
-                pass  # accepted and ignored until SASL exists, as Postfix does without AUTH
+                refused = auth.mail_auth_parameter(self, value)
+                if refused is not None:
+                    return self._error("mail", refused)
             elif key == "RET":
                 try:
                     ret = parse_ret(value or "")
@@ -344,6 +367,10 @@ class SmtpSession(asyncio.Protocol):
                 return self._error("mail", f"555 5.5.4 Unsupported option: {key}")
         if not smtputf8 and not address.isascii():
             return self._error("mail", "553 5.6.7 Must declare SMTPUTF8 to send unicode address")
+        if self._limits_counted:
+            limited = self.settings.limits.message(self.client_addr, self.client_label)
+            if limited is not None:
+                return self._limit_error("mail", limited)
         refused = self._check_mail_now(address, smtputf8)
         if refused is not None:
             return self._error("mail", refused)
@@ -386,12 +413,17 @@ class SmtpSession(asyncio.Protocol):
             self._count("rcpt", False)
             self.reply("452 4.5.3 Error: too many recipients")
             return None
+        if self._limits_counted:
+            limited = self.settings.limits.recipient(self.client_addr, self.client_label)
+            if limited is not None:
+                return self._limit_error("rcpt", limited)
         refused = self._check_rcpt(address)
         if refused is not None:
             return self._error("rcpt", refused)
         if self.queue_id is None:
             self.queue_id = self.server.partition.new_queue_id()
-            self.server.log("smtpd", f"{self.queue_id}: client={self.client_label}")
+            self.server.log("smtpd", f"{self.queue_id}: client={self.client_label}"
+                                     f"{auth.client_log_fields(self)}")
         self.recipients.append(Recipient(address=address, orcpt=orcpt, notify=notify))
         self._count("rcpt", True)
         self.reply("250 2.1.5 Ok")
@@ -411,7 +443,8 @@ class SmtpSession(asyncio.Protocol):
     def _request(self, **changed) -> Request:
         facts = dict(client_name=self.client_name, client_addr=self.client_addr,
                      in_mynetworks=self.in_mynetworks, helo=self.helo_name, sender=self.sender,
-                     smtputf8=self.smtputf8, illegal_pipelining=self.illegal_pipelining)
+                     smtputf8=self.smtputf8, illegal_pipelining=self.illegal_pipelining,
+                     sasl_username=self.sasl_username)
         facts.update(changed)
         return Request(**facts)
 
@@ -572,6 +605,8 @@ class SmtpSession(asyncio.Protocol):
         protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") if self.esmtp else "SMTP"
         if self.tls is not None and self.esmtp:
             protocol += "S"  # RFC 3848: ESMTPS
+        if self.sasl_username is not None and self.esmtp:
+            protocol += "A"  # RFC 3848: ESMTPA, ESMTPSA
         now = time.time()
         try:
             message = clean_message(
@@ -581,6 +616,7 @@ class SmtpSession(asyncio.Protocol):
                 local_client=self.local_client, now=now,
                 tls_clause=(self.tls.received_clause(self.settings.tls.ask_ccert)
                             if self.tls is not None and self.settings.tls.received_header else ""),
+                auth_clause=auth.received_clause(self),
             )
         except Rejected as rejected:
             self._count("data", False)
@@ -673,6 +709,41 @@ class SmtpSession(asyncio.Protocol):
         self.parser.resume()
         self.flush_replies()
 
+    # ---- client limits (pyfastmta/smtpd/limits.py) --------------------------------------------
+
+    def _limits_refuse_connection(self) -> bool:
+        """Counts the connection; True when a client limit refused it (reply sent, closing)."""
+        limits = self.settings.limits
+        if not limits.counts(self.client_addr):
+            return False
+        self._limits_counted = True
+        refused = limits.connect(self.client_addr, self.client_label)
+        if refused is None:
+            return False
+        reply, warning = refused
+        self.server.log("smtpd", warning)
+        self.transport.write(reply.encode() + b"\r\n")
+        self.closing = True
+        self.transport.close()
+        return True
+
+    def _limit_error(self, name: str, refused: tuple[str, str]):
+        reply, warning = refused
+        self.server.log("smtpd", warning)
+        return self._error(name, reply)
+
+    # ---- SMTP AUTH (auth.py) -----------------------------------------------------------------
+
+    def smtp_auth(self, arg: bytes):
+        return auth.auth_command(self, arg)
+
+    def on_line(self, line: bytes):
+        """A response line in an AUTH exchange (the parser hands it over whole)."""
+        self._lines_pending -= 1
+        if self._sasl_exchange is None:
+            return None
+        return self._sasl_exchange.on_line(line)
+
     # ---- TLS: STARTTLS and implicit TLS ------------------------------------------------------
 
     def smtp_starttls(self, arg: bytes):
@@ -682,6 +753,14 @@ class SmtpSession(asyncio.Protocol):
             return self._error("starttls", "554 5.5.1 Error: TLS already active")
         if not self.settings.tls.offered:
             return self._error("starttls", "502 5.5.1 Error: command not implemented")
+        if self._limits_counted:
+            limited = self.settings.limits.tls_session(self.client_addr, self.client_label)
+            if limited is not None:
+                self.server.log("smtpd", limited[1])
+                self._count("starttls", False)
+                self.reply(limited[0])
+                self.closing = True
+                return True
         self._count("starttls", True)
         self.reply("220 2.0.0 Ready to start TLS")
         # Whatever the client sent behind STARTTLS in plaintext is dropped unread: it must not
@@ -716,6 +795,8 @@ class SmtpSession(asyncio.Protocol):
         self.transport = transport
         self._last_activity = loop.time()
         self.tls = TlsInfo(transport.get_extra_info("ssl_object"), tls.digest)
+        if self._limits_counted and not transport.get_extra_info("ssl_object").session_reused:
+            self.settings.limits.new_tls_session(self.client_addr)
         if tls.loglevel >= 1:
             self.server.log("smtpd", self.tls.log_line(self.client_label))
         if wrapper:

@@ -12,6 +12,7 @@ from pyfastmta.maps import TableError
 from pyfastmta.maps.matchlist import DomainList, NetworkList
 from pyfastmta.smtpd.restrictions import Restrictions
 from pyfastmta.smtpd.tls import TlsSettings
+from pyfastmta.smtpd.auth import SaslSettings
 
 
 class SmtpdSettings:
@@ -49,6 +50,8 @@ class SmtpdSettings:
                                          relay_domains=self.relay_domains)
         # TLS: the context comes from a cache the master fills before the fork (see tls.py).
         self.tls = TlsSettings(config)
+        # SMTP AUTH: the backend is asked for its mechanisms on first use, in a worker.
+        self.sasl = SaslSettings(config)
         self.ehlo_reply = self._ehlo_reply()
         self.ehlo_reply_starttls = self._ehlo_reply(starttls=True) if self.tls.offered else self.ehlo_reply
         self._clients: dict[str, tuple[bool, bool]] = {}

@@ -21,8 +21,28 @@ from peers.rawclient import RawClient
 PYFASTMTA = [os.path.join(os.path.dirname(sys.executable), "pyfastmta")]
 
 
+DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
+
+
+@pytest.fixture(scope="session")
+def quiet_dns(tmp_path_factory):
+    """A DNS server on loopback that knows no names: every lookup an MTA makes without a test's
+    own server (client names above all) ends at once with NXDOMAIN, and none leaves the host."""
+    zone = tmp_path_factory.mktemp("quiet-dns") / "zone.json"
+    zone.write_text("{}")
+    server = subprocess.Popen([sys.executable, str(DNS_SERVER), "--listen", "127.0.0.1:0",
+                               "--zone", str(zone)], stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"127.0.0.1:{server.stdout.readline().split()[1].rpartition(':')[2]}"
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()
+
+
 class Mta:
-    def __init__(self, directory: Path, event_loop: str, main_cf: dict[str, str], host: str = "127.0.0.1"):
+    def __init__(self, directory: Path, event_loop: str, main_cf: dict[str, str], host: str,
+                 nameservers: str):
         self.dir = directory
         self.host = host
         self.port = free_port(host)
@@ -40,7 +60,7 @@ class Mta:
             # everything else stays deferred, and no query reaches the host's name servers.
             "default_transport": "retry:no delivery in this test",
             "relay_transport": "retry:no delivery in this test",
-            "dns_nameservers": "127.0.0.1:9",
+            "dns_nameservers": nameservers,
         }
         settings.update(main_cf)
         self.write_config(settings)
@@ -147,13 +167,13 @@ def event_loop_name(request) -> str:
 
 
 @pytest.fixture
-def make_mta(tmp_path, event_loop_name):
+def make_mta(tmp_path, event_loop_name, quiet_dns):
     started: list[Mta] = []
 
     def make(main_cf: dict[str, str] | None = None, start: bool = True, host: str = "127.0.0.1") -> Mta:
         directory = tmp_path / f"mta{len(started)}"
         directory.mkdir()
-        mta = Mta(directory, event_loop_name, main_cf or {}, host=host)
+        mta = Mta(directory, event_loop_name, main_cf or {}, host=host, nameservers=quiet_dns)
         started.append(mta)
         if start:
             mta.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from peers.privatepostfix import PostfixInstance
+from peers.rawclient import reply_lines
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and (os.geteuid() != 0 or not shutil.which("postfix", path="/usr/sbin:/usr/bin")),
@@ -218,24 +219,6 @@ SCENARIOS = {
 }
 
 
-def _readline(sock: socket.socket, buffer: bytearray) -> str:
-    while b"\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed; got so far {bytes(buffer)!r}")
-        buffer += chunk
-    line, _, rest = bytes(buffer).partition(b"\r\n")
-    buffer[:] = rest
-    return line.decode("utf-8", "replace")
-
-
-def _reply(sock: socket.socket, buffer: bytearray) -> list[str]:
-    lines = [_readline(sock, buffer)]
-    while len(lines[-1]) > 3 and lines[-1][3] == "-":
-        lines.append(_readline(sock, buffer))
-    return lines
-
-
 def _normal(command: str, lines: list[str]) -> str:
     if command in ("CONNECT", "EHLO") and lines[0].startswith("2"):
         return lines[0][:3]  # greeting text and EHLO keywords are each server's own
@@ -248,14 +231,14 @@ def run_dialog(port: int, source: str, steps) -> list[str]:
     transcript = []
     with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
         buffer = bytearray()
-        transcript.append(f"CONNECT -> {_normal('CONNECT', _reply(sock, buffer))}")
+        transcript.append(f"CONNECT -> {_normal('CONNECT', reply_lines(sock, buffer))}")
         for step in steps:
             commands = step if isinstance(step, list) else [step]
             payload = "".join("Subject: test\r\n\r\nbody\r\n.\r\n" if c == "MESSAGE" else c + "\r\n"
                               for c in commands)
             sock.sendall(payload.encode())
             for command in commands:
-                lines = _reply(sock, buffer)
+                lines = reply_lines(sock, buffer)
                 transcript.append(f"{command} -> {_normal(command.split(' ')[0], lines)}")
                 if lines[0].startswith("221"):
                     return transcript

@@ -43,3 +43,23 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def reply_lines(sock: socket.socket, buffer: bytearray) -> list[str]:
+    """The lines of one (possibly multi-line) reply read from sock; bytes past it stay in
+    buffer for the next call."""
+    lines = [_line(sock, buffer)]
+    while len(lines[-1]) > 3 and lines[-1][3] == "-":
+        lines.append(_line(sock, buffer))
+    return lines
+
+
+def _line(sock: socket.socket, buffer: bytearray) -> str:
+    while b"\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed; got so far {bytes(buffer)!r}")
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\r\n")
+    buffer[:] = rest
+    return line.decode("utf-8", "replace")
