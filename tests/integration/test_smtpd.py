@@ -177,6 +177,50 @@ def test_no_smtp_smuggling(mta, connect, smuggle):
     assert queue[0]["sender"] == "a@example.org"
 
 
+# Every way to end a line around a dot that is not CR LF . CR LF: bare CR or LF before or after
+# the dot, a NUL beside it, a doubled CR.
+_LINE_ENDS = [b"\r\n", b"\n", b"\r", b"\r\r\n", b""]
+_DOTS = [b".", b"\x00.", b".\x00", b" ."]
+SMUGGLING_ENDS = [before + dot + after for before in _LINE_ENDS for dot in _DOTS for after in _LINE_ENDS
+                  if before + after and b"\r\n.\r\n" not in before + dot + after]
+
+
+@pytest.mark.parametrize("forbid_bare_newline", ["normalize", "reject"])
+def test_no_smtp_smuggling_in_any_combination(make_mta, connect, forbid_bare_newline):
+    # From a client in mynetworks and from one outside it, each almost-end-of-data followed by a
+    # second transaction: at most one message per connection, never the smuggled one.
+    mta = make_mta({"mynetworks": "127.0.0.1/32", "smtpd_forbid_bare_newline": forbid_bare_newline})
+    accepted = 0
+    for source in ("127.0.0.1", "127.0.0.2"):
+        for smuggle in SMUGGLING_ENDS:
+            client = connect(mta, source=source)
+            client.command("EHLO attacker.example")
+            client.send(b"MAIL FROM:<outer@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+            assert [client.reply()[0] for _ in range(3)] == [250, 250, 354]
+            client.send(b"Subject: outer\r\n\r\nouter body" + smuggle +
+                        b"MAIL FROM:<smuggled@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n"
+                        b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+            code, text = client.reply()
+            if code == 250:
+                accepted += 1
+            else:
+                assert forbid_bare_newline == "reject" and b"\n" in smuggle.replace(b"\r\n", b""), \
+                    (smuggle, text)
+            try:
+                client.send(b"QUIT\r\n")
+                remaining = client.reply()
+            except (ConnectionError, OSError):
+                remaining = None
+            # Nothing after the real end of data may be taken for the smuggled commands.
+            assert remaining is None or remaining[0] in (221, 500, 502), (smuggle, remaining)
+            client.close()
+    queue = mta.queue_json()
+    assert len(queue) == accepted
+    assert {message["sender"] for message in queue} <= {"outer@example.org"}
+    if forbid_bare_newline == "normalize":
+        assert accepted == 2 * len(SMUGGLING_ENDS)
+
+
 def test_size_limits(make_mta, connect):
     mta = make_mta({"message_size_limit": "2000"})
     client = connect(mta)
