@@ -187,6 +187,8 @@ _TABLE = [
     Parameter("smtpd_recipient_overshoot_limit", INT, "1000",
               "Recipients beyond smtpd_recipient_limit that count as errors towards the error limits.",
               minimum=0),
+    Parameter("smtpd_junk_command_limit", INT, "100",
+              "NOOP, VRFY and RSET commands a client may send before each one counts as an error."),
     Parameter("smtpd_hard_error_limit", INT, "20",
               "Errors after which the SMTP server disconnects.", minimum=1),
     Parameter("smtpd_soft_error_limit", INT, "10",

@@ -27,6 +27,8 @@ _COMMAND_NAMES = {
     b"RSET": "rset", b"NOOP": "noop", b"QUIT": "quit", b"VRFY": "vrfy", b"HELP": "help",
 }
 _COMMAND_NAMES[b"STARTTLS"] = "starttls"
+# Commands that do nothing for a transaction (smtpd_junk_command_limit).
+_JUNK_VERBS = frozenset({b"NOOP", b"VRFY", b"RSET"})
 _COMMAND_NAMES[b"AUTH"] = "auth"
 # What a client may say before STARTTLS when smtpd_tls_security_level = encrypt (as Postfix).
 _PRE_TLS_VERBS = frozenset({b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"QUIT"})
@@ -66,6 +68,7 @@ class SmtpSession(asyncio.Protocol):
         self.in_mynetworks = False
         self.local_client = False
         self.error_count = 0
+        self.junk_commands = 0
         self.command_stats: dict[str, list[int]] = {}
         self.last_command = "CONNECT"
         self.closing = False
@@ -276,7 +279,7 @@ class SmtpSession(asyncio.Protocol):
 
     def on_command(self, verb: bytes, arg: bytes):
         self._lines_pending -= 1
-        if self.closing:
+        if self.closing or self._too_many_errors():
             return True
         name = _COMMAND_NAMES.get(verb)
         if name is None:
@@ -294,7 +297,28 @@ class SmtpSession(asyncio.Protocol):
         gated, result = self._restriction_gate(verb, name)
         if gated:
             return result
+        if verb in _JUNK_VERBS:
+            self._junk_command()
         return _HANDLERS[verb](self, arg)
+
+    def _junk_command(self) -> None:
+        """Past smtpd_junk_command_limit, every NOOP, VRFY or RSET counts as an error, so that a
+        client cannot hold a session with them (the next command after the hard error limit is
+        answered 421)."""
+        if self.junk_commands > self.settings.junk_command_limit:
+            self.error_count += 1
+        self.junk_commands += 1
+
+    def _too_many_errors(self) -> bool:
+        """Errors that reached smtpd_hard_error_limit without an error reply (junk commands)
+        end the session before the next command runs."""
+        settings = self.settings
+        if self.error_count < settings.hard_error_limit:
+            return False
+        self.server.log("smtpd", f"too many errors after {self.last_command} from {self.client_label}")
+        self.reply(f"421 4.7.0 {settings.myhostname} Error: too many errors")
+        self.closing = True
+        return True
 
     def smtp_ehlo(self, arg: bytes):
         if not arg:
@@ -676,6 +700,9 @@ class SmtpSession(asyncio.Protocol):
         if message_id is not None:
             log("cleanup", f"{queue_id}: message-id={message_id}")
         self.server.message_queued()
+        # A message received in full forgives the client's earlier errors, as in Postfix.
+        self.error_count = 0
+        self.junk_commands = 0
         self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
         self._transaction_done(in_parser_callback=False)
 

@@ -27,6 +27,7 @@ class SmtpdSettings:
         self.line_length_limit: int = get("line_length_limit")
         self.timeout: float = get("smtpd_timeout")
         self.hard_error_limit: int = get("smtpd_hard_error_limit")
+        self.junk_command_limit: int = get("smtpd_junk_command_limit")
         self.soft_error_limit: int = get("smtpd_soft_error_limit")
         self.error_sleep_time: float = get("smtpd_error_sleep_time")
         self.smtputf8_enable: bool = get("smtputf8_enable")

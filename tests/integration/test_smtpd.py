@@ -221,6 +221,29 @@ def test_no_smtp_smuggling_in_any_combination(make_mta, connect, forbid_bare_new
         assert accepted == 2 * len(SMUGGLING_ENDS)
 
 
+def test_junk_commands_count_as_errors_past_the_limit(make_mta, connect):
+    # With a limit of 3, four NOOP/VRFY/RSET are free (Postfix counts "more than 3" before it
+    # adds one); each after them is an error; once the errors reach the hard limit of 4, the
+    # next command is answered 421. The same dialogue with Postfix 3.7 gives the same replies.
+    mta = make_mta({"smtpd_junk_command_limit": "3", "smtpd_hard_error_limit": "4",
+                    "smtpd_soft_error_limit": "10"})
+    client = connect(mta)
+    replies = [client.command(command)[0]
+               for command in ["NOOP", "VRFY x", "RSET", "NOOP", "NOOP", "RSET", "NOOP", "NOOP"]]
+    assert replies == [250, 252, 250, 250, 250, 250, 250, 250]
+    assert client.command("NOOP") == (421, "421 4.7.0 mx.example.test Error: too many errors")
+    assert client.closed_by_server()
+    # A message received in full starts the count again.
+    client = connect(mta)
+    for _ in range(7):
+        assert client.command("NOOP")[0] == 250
+    client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+    assert [client.reply()[0] for _ in range(3)] == [250, 250, 354]
+    assert client.command("Subject: s\r\n\r\nbody\r\n.")[0] == 250
+    assert [client.command("NOOP")[0] for _ in range(8)] == [250] * 8
+    assert mta.logged("too many errors after NOOP from")
+
+
 def test_size_limits(make_mta, connect):
     mta = make_mta({"message_size_limit": "2000"})
     client = connect(mta)
@@ -300,9 +323,11 @@ def test_maillog_lines_in_postfix_format(mta):
                      r" quit=1 commands=5$", text, re.M)
 
 
-def test_commands_pipelined_behind_a_message_wait_in_tcp_not_in_memory(mta, connect):
+def test_commands_pipelined_behind_a_message_wait_in_tcp_not_in_memory(make_mta, connect):
     """Far more than the paused-session buffer arrives while the message is committed; every
-    command still gets its reply, in order."""
+    command still gets its reply, in order. (So many NOOPs would be junk past the default
+    smtpd_junk_command_limit.)"""
+    mta = make_mta({"smtpd_junk_command_limit": "100000"})
     client = connect(mta)
     client.command("EHLO client.example.org")
     client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
