@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from peers.loopback import free_port
+from peers.dovecot import DovecotAuthServer
+from peers.loopback import free_port, run_on_loop
 from peers.rawclient import RawClient
 
 # The installed console script, as a user runs it (never the source tree's package).
@@ -164,6 +165,24 @@ class Mta:
 @pytest.fixture(params=["uvloop", "asyncio"])
 def event_loop_name(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def dovecot():
+    """A private Dovecot authentication server (tests/peers/dovecot.py) for a module's tests."""
+    server = DovecotAuthServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.remove()
+
+
+@pytest.fixture
+def on_loop(event_loop_name):
+    """Runs a coroutine to its end on a new loop of this test's kind (uvloop, then asyncio)."""
+    return lambda coroutine: run_on_loop(event_loop_name, coroutine)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from peers.loopback import free_port, wait_listening
 from pyfastmta.smtpd.policy import PolicyClient, parse_policy_service, request_text
@@ -33,17 +32,6 @@ DEFAULTS = {
     "smtpd_policy_service_default_action": "451 4.3.5 Server configuration problem",
     "smtpd_policy_service_request_limit": 0, "smtpd_policy_service_policy_context": "",
 }
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def run_coroutine(coroutine):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coroutine)
-
-    return run_coroutine
 
 
 @pytest.fixture
@@ -77,7 +65,7 @@ def request(client: str, sender: str, recipient: str) -> dict[str, str]:
             "recipient_count": "0", "queue_id": "", "instance": "1.2.3", "size": "0"}
 
 
-def test_greylisting_by_postgrey(postgrey, run):
+def test_greylisting_by_postgrey(postgrey, on_loop):
     service = parse_policy_service(f"inet:127.0.0.1:{postgrey}", DEFAULTS.get, "/var/spool")
 
     async def dialogue():
@@ -91,7 +79,7 @@ def test_greylisting_by_postgrey(postgrey, run):
         client.close()
         return first, again, other, later
 
-    first, again, other, later = run(dialogue())
+    first, again, other, later = on_loop(dialogue())
     assert first.startswith("DEFER_IF_PERMIT Greylisted")
     assert again.startswith("DEFER_IF_PERMIT Greylisted")
     assert other.startswith("DEFER_IF_PERMIT Greylisted")
@@ -99,7 +87,7 @@ def test_greylisting_by_postgrey(postgrey, run):
     assert "by postgrey-" in later and "at policy.example.test" in later
 
 
-def test_unreachable_server_gives_the_default_action(run):
+def test_unreachable_server_gives_the_default_action(on_loop):
     port = free_port("127.0.0.1")  # nothing listens there
     service = parse_policy_service(f"{{ inet:127.0.0.1:{port}, default_action=DUNNO, try_limit=3 }}",
                                    DEFAULTS.get, "/var/spool")
@@ -111,7 +99,7 @@ def test_unreachable_server_gives_the_default_action(run):
         action = await client.query(request("192.0.2.1", "a@example.com", "b@example.net"))
         return action, time.monotonic() - started
 
-    action, seconds = run(ask())
+    action, seconds = on_loop(ask())
     assert action == "DUNNO"
     assert service.try_limit == 3 and seconds >= 2 * 0.2  # two waits between three attempts
     assert len(warnings) == 1 and f"problem talking to server inet:127.0.0.1:{port}" in warnings[0]

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from peers.dialog import differences, run_dialog
 from peers.privatepostfix import PostfixInstance
-from peers.rawclient import reply_lines
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and (os.geteuid() != 0 or not shutil.which("postfix", path="/usr/sbin:/usr/bin")),
@@ -225,26 +224,6 @@ def _normal(command: str, lines: list[str]) -> str:
     return re.sub(r"queued as \w+", "queued as ID", "\n".join(lines))
 
 
-def run_dialog(port: int, source: str, steps) -> list[str]:
-    """Each step: a command, a list of commands sent in one write, or MESSAGE (a short message
-    and its final dot). Returns "command -> reply" for every reply."""
-    transcript = []
-    with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
-        buffer = bytearray()
-        transcript.append(f"CONNECT -> {_normal('CONNECT', reply_lines(sock, buffer))}")
-        for step in steps:
-            commands = step if isinstance(step, list) else [step]
-            payload = "".join("Subject: test\r\n\r\nbody\r\n.\r\n" if c == "MESSAGE" else c + "\r\n"
-                              for c in commands)
-            sock.sendall(payload.encode())
-            for command in commands:
-                lines = reply_lines(sock, buffer)
-                transcript.append(f"{command} -> {_normal(command.split(' ')[0], lines)}")
-                if lines[0].startswith("221"):
-                    return transcript
-    return transcript
-
-
 def scenario_files(name: str) -> tuple[Path, dict[str, str]]:
     scenario = SCENARIOS[name]
     directory = Path(tempfile.mkdtemp(prefix=f"pyfastmta-restrictions-{name}-"))
@@ -257,7 +236,7 @@ def scenario_files(name: str) -> tuple[Path, dict[str, str]]:
 
 
 def run_all(port: int, name: str) -> list[list[str]]:
-    return [run_dialog(port, source, steps) for source, steps in SCENARIOS[name]["dialogs"]]
+    return [run_dialog(port, source, steps, _normal) for source, steps in SCENARIOS[name]["dialogs"]]
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
@@ -280,14 +259,7 @@ def test_replies_match_postfix(postfix_result, make_mta):
     directory, settings = scenario_files(name)
     try:
         mta = make_mta(settings)
-        got = run_all(mta.port, name)
-        report = []
-        for number, (ours, theirs) in enumerate(zip(got, expected)):
-            for position in range(max(len(ours), len(theirs))):
-                mine = ours[position] if position < len(ours) else None
-                postfix = theirs[position] if position < len(theirs) else None
-                if mine != postfix:
-                    report.append(f"dialog {number} step {position}:\n  postfix   {postfix}\n  pyfastmta {mine}")
+        report = differences(run_all(mta.port, name), expected)
         assert not report, "\n".join(report)
         if name in ("defaults", "reject_unauth"):
             # Whatever was accepted from anyone stays for this host: nothing is queued for a

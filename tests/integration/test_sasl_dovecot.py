@@ -11,37 +11,14 @@ import os
 import time
 
 import pytest
-import uvloop
 
-from peers.dovecot import DOVECOT, USERS, DovecotAuthServer, b64, hashed
+from peers.dovecot import DOVECOT, USERS, b64, hashed
 from pyfastmta.sasl.dovecot import DovecotAuth
 from pyfastmta.sasl.passwords import PasswordFile
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and (os.geteuid() != 0 or not os.path.exists(DOVECOT)),
     reason="a private Dovecot runs its services as the package's users, started by root")
-
-
-@pytest.fixture(scope="module")
-def dovecot():
-    server = DovecotAuthServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        server.remove()
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def run_coroutine(coroutine):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coroutine)
-
-    return run_coroutine
 
 
 _clients = iter(range(1, 10**6))
@@ -56,7 +33,7 @@ def conversation(auth):
                              server_port=25)
 
 
-def test_dovecot_plain_and_login(dovecot, run):
+def test_dovecot_plain_and_login(dovecot, on_loop):
     async def exchanges():
         auth = DovecotAuth(str(dovecot.socket), timeout=10)
         mechanisms = await auth.mechanisms()
@@ -73,7 +50,7 @@ def test_dovecot_plain_and_login(dovecot, run):
         auth.close()
         return mechanisms, right, wrong, asks_user, asks_password, logged_in, empty, after
 
-    mechanisms, right, wrong, asks_user, asks_password, logged_in, empty, after = run(exchanges())
+    mechanisms, right, wrong, asks_user, asks_password, logged_in, empty, after = on_loop(exchanges())
     assert sorted(mechanisms) == ["LOGIN", "PLAIN"]
     assert (right.outcome, right.username) == ("ok", "alice")
     assert wrong.outcome == "fail" and not wrong.temporary
@@ -84,7 +61,7 @@ def test_dovecot_plain_and_login(dovecot, run):
     assert (after.outcome, after.username) == ("ok", "carol")
 
 
-def test_many_exchanges_at_once_on_one_connection(dovecot, run):
+def test_many_exchanges_at_once_on_one_connection(dovecot, on_loop):
     async def together():
         auth = DovecotAuth(str(dovecot.socket), timeout=10)
         tries = [(user, password if n % 2 == 0 else password + "x")
@@ -94,13 +71,13 @@ def test_many_exchanges_at_once_on_one_connection(dovecot, run):
         auth.close()
         return [(step.outcome, step.username) for step in steps], tries
 
-    outcomes, tries = run(together())
+    outcomes, tries = on_loop(together())
     assert outcomes == [(("ok", user) if n % 2 == 0 else ("fail", outcome[1]))
                         for n, ((user, _p), outcome) in enumerate(zip(tries, outcomes))]
     assert sum(1 for outcome, _ in outcomes if outcome == "ok") == len(tries) // 2
 
 
-def test_password_file_agrees_with_dovecot(dovecot, run):
+def test_password_file_agrees_with_dovecot(dovecot, on_loop):
     passwords = PasswordFile(str(dovecot.users))
     candidates = [(user, password) for user, (_scheme, password) in USERS.items()]
     candidates += [(user, password + "!") for user, password in candidates]
@@ -115,7 +92,7 @@ def test_password_file_agrees_with_dovecot(dovecot, run):
         auth.close()
         return answers
 
-    expected = run(dovecot_says())
+    expected = on_loop(dovecot_says())
     assert expected.count(True) == len(USERS)
     assert [passwords.verify(user, password) for user, password in candidates] == expected
 
@@ -129,7 +106,7 @@ def test_password_file_agrees_with_dovecot(dovecot, run):
         garbage = await passwords.conversation().start("PLAIN", "not base64!")
         return results, acting_as_other, garbage
 
-    results, acting_as_other, garbage = run(through_conversations())
+    results, acting_as_other, garbage = on_loop(through_conversations())
     assert results == ["ok"] * 4
     assert acting_as_other.outcome == "fail" and garbage.outcome == "fail"
 
@@ -146,11 +123,11 @@ def test_password_file_reads_changes_and_refuses_unknown_schemes(tmp_path):
     assert passwords.verify("alice", "two") and not passwords.verify("alice", "one")
 
 
-def test_unreachable_server_is_a_temporary_failure(tmp_path, run):
+def test_unreachable_server_is_a_temporary_failure(tmp_path, on_loop):
     async def ask():
         auth = DovecotAuth(str(tmp_path / "no-socket"), timeout=2)
         return await auth.mechanisms(), await conversation(auth).start("PLAIN", b64("\0a\0b"))
 
-    mechanisms, step = run(ask())
+    mechanisms, step = on_loop(ask())
     assert mechanisms == []
     assert step.outcome == "fail" and step.temporary

@@ -4,7 +4,6 @@ refused one by one). Every test runs with the client on uvloop and on asyncio's 
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import os
@@ -17,19 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
-from peers.loopback import free_port
+from peers.loopback import run_on_loop, free_port
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtp import ClientTimeouts, ContentSource, DeliveryError, SmtpConnection
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-
-
-def run(event_loop_name: str, coro):
-    factory = uvloop.new_event_loop if event_loop_name == "uvloop" else asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
 
 
 def loopback_host() -> str:
@@ -155,7 +147,7 @@ def test_pipelined_delivery_streams_the_stored_bytes(sink, tmp_path, event_loop_
         await connection.close()
         return first, second
 
-    first, second = run(event_loop_name, scenario())
+    first, second = run_on_loop(event_loop_name, scenario())
     assert [(r.index, r.status, r.dsn) for r in first] == [(0, "sent", "2.0.0"), (1, "sent", "2.0.0")]
     assert first[0].reply.startswith("250 2.0.0")
     assert second[0].status == "sent"
@@ -182,7 +174,7 @@ def test_without_pipelining_many_recipients(sink, tmp_path, event_loop_name):
         await connection.close()
         return results
 
-    results = run(event_loop_name, scenario())
+    results = run_on_loop(event_loop_name, scenario())
     assert [r.status for r in results] == ["sent"] * 60
     dump = server.messages(1)[0]
     assert dump.count(b"X-Rcpt-Args: ") == 60
@@ -200,7 +192,7 @@ def test_dsn_parameters_are_passed_on_xtext_encoded(sink, tmp_path, event_loop_n
         await connection.deliver(env, content_in_segment(tmp_path, wire_message()), [0])
         await connection.close()
 
-    run(event_loop_name, scenario())
+    run_on_loop(event_loop_name, scenario())
     dump = server.messages(1)[0]
     assert b"X-Mail-Args: <alice@example.org> RET=HDRS ENVID=id+2042+2B" in dump
     assert (b"X-Rcpt-Args: <bob@example.net> NOTIFY=SUCCESS,FAILURE "
@@ -228,7 +220,7 @@ def test_refusals_at_each_stage(sink, tmp_path, event_loop_name, option, command
         await connection.close()
         return results, reusable
 
-    results, reusable = run(event_loop_name, scenario())
+    results, reusable = run_on_loop(event_loop_name, scenario())
     assert reusable
     for result in results:
         assert (result.status, result.dsn) == (status, dsn)
@@ -240,7 +232,7 @@ def test_refusals_at_each_stage(sink, tmp_path, event_loop_name, option, command
 def test_refused_greeting(sink, event_loop_name, option, temporary):
     server = sink(option, "connect")
     with pytest.raises(DeliveryError) as caught:
-        run(event_loop_name, open_to(server))
+        run_on_loop(event_loop_name, open_to(server))
     assert caught.value.temporary is temporary and caught.value.stage == "greeting"
     assert caught.value.reason.startswith(f"host {server.host}[{server.address}] refused to talk to me: ")
 
@@ -254,7 +246,7 @@ def test_ehlo_refused_falls_back_to_helo(sink, tmp_path, event_loop_name):
         await connection.close()
         return connection.extensions, results
 
-    extensions, results = run(event_loop_name, scenario())
+    extensions, results = run_on_loop(event_loop_name, scenario())
     assert extensions == {} and results[0].status == "sent"
     assert b"X-Client-Proto: SMTP" in server.messages(1)[0]
 
@@ -271,7 +263,7 @@ def test_hang_up_defers_what_is_not_final(sink, tmp_path, event_loop_name, comma
         assert not await connection.reset()
         return caught.value
 
-    error = run(event_loop_name, scenario())
+    error = run_on_loop(event_loop_name, scenario())
     assert error.temporary and error.dsn == "4.4.2"
     assert error.reason == f"lost connection with {server.host}[{server.address}] while {doing}"
     assert [(r.index, r.status, r.reply) for r in error.results] == [
@@ -289,7 +281,7 @@ def test_timeout_of_one_stage(sink, tmp_path, event_loop_name):
                                      content_in_segment(tmp_path, wire_message()), [0])
         return caught.value, time.monotonic() - started
 
-    error, elapsed = run(event_loop_name, scenario())
+    error, elapsed = run_on_loop(event_loop_name, scenario())
     assert elapsed < 2
     assert error.reason == f"conversation with {server.host}[{server.address}] timed out while sending DATA command"
     assert error.results[0].status == "deferred"
@@ -298,14 +290,14 @@ def test_timeout_of_one_stage(sink, tmp_path, event_loop_name):
 def test_connection_refused_and_tls_required(sink, event_loop_name):
     host = loopback_host()
     with pytest.raises(DeliveryError) as caught:
-        run(event_loop_name, SmtpConnection.open("mx.example", host, free_port(host),
+        run_on_loop(event_loop_name, SmtpConnection.open("mx.example", host, free_port(host),
                                                  helo_name="client.example"))
     assert caught.value.reason.startswith(f"connect to mx.example[{host}]:")
     assert caught.value.reason.endswith(": Connection refused")
     assert caught.value.temporary and caught.value.stage == "connect"
     server = sink()
     with pytest.raises(DeliveryError) as caught:
-        run(event_loop_name, open_to(server, tls_security_level="encrypt"))
+        run_on_loop(event_loop_name, open_to(server, tls_security_level="encrypt"))
     assert caught.value.temporary and caught.value.dsn == "4.7.4"
     assert caught.value.reason == f"TLS is required, but was not offered by host {server.host}[{server.address}]"
 
@@ -321,11 +313,11 @@ def test_lmtp_one_reply_per_recipient(sink, tmp_path, event_loop_name, unix):
         await connection.close()
         return connection.peer, results
 
-    peer, results = run(event_loop_name, scenario(server))
+    peer, results = run_on_loop(event_loop_name, scenario(server))
     assert peer == (f"{server.host}[{server.address}]" if unix else f"{server.host}[{server.address}]:{server.port}")
     assert [(r.index, r.status) for r in results] == [(2, "sent"), (0, "sent"), (1, "sent")]
     assert b"X-Client-Proto: LMTP" in server.messages(1)[0]
-    _, results = run(event_loop_name, scenario(rejected))
+    _, results = run_on_loop(event_loop_name, scenario(rejected))
     assert [(r.status, r.dsn) for r in results] == [("deferred", "4.3.0")] * 3
     assert results[0].reply.endswith("(in reply to end of DATA command)")
 
@@ -345,7 +337,7 @@ def test_against_pyfastmta_size_limit_and_refused_recipients(make_mta, tmp_path,
         await connection.close()
         return too_big, mixed
 
-    too_big, mixed = run(event_loop_name, scenario())
+    too_big, mixed = run_on_loop(event_loop_name, scenario())
     assert (too_big[0].status, too_big[0].dsn) == ("bounced", "5.3.4")
     assert too_big[0].reply.startswith("message size ") and too_big[0].reply.endswith(
         f"exceeds size limit 4000 of server mx.example.test[{mta.host}]")

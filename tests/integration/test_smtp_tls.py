@@ -5,7 +5,6 @@ and a peer that offers STARTTLS but breaks the handshake. Every test runs on uvl
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import re
@@ -19,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from peers.certificates import self_signed_certificate
-from peers.loopback import free_port, start_smtp_sink, wait_until
+from peers.loopback import run_on_loop, free_port, start_smtp_sink, wait_until
 from peers.privatepostfix import PostfixInstance
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtp import ClientTimeouts, ContentSource, DeliveryError, SmtpConnection
@@ -35,12 +33,6 @@ pytestmark = pytest.mark.skipif(
         os.geteuid() != 0 or shutil.which("postfix", path="/usr/sbin:/usr/bin") is None),
     reason="a private Postfix needs root (`postfix start`) and Postfix installed (make sysdeps)",
 )
-
-
-def run(event_loop_name: str, coro):
-    factory = uvloop.new_event_loop if event_loop_name == "uvloop" else asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
 
 
 class TlsPostfix:
@@ -166,7 +158,7 @@ async def deliver_one(host: str, address: str, port: int, level: str, wire: Cont
 @pytest.mark.parametrize("level", ["may", "encrypt"])
 def test_starttls_to_postfix_encrypts_the_session(tls_postfix, tmp_path, event_loop_name, level):
     wire = content_in_segment(tmp_path, wire_message(f"tls {level} {event_loop_name}"))
-    connection, results = run(event_loop_name, deliver_one(
+    connection, results = run_on_loop(event_loop_name, deliver_one(
         "tls-peer.example.test", "127.0.0.1", tls_postfix.port, level, wire))
     assert connection.tls
     assert "STARTTLS" not in connection.extensions  # the EHLO after the handshake no longer offers it
@@ -189,7 +181,7 @@ def test_message_of_many_chunks_over_tls(tls_postfix, tmp_path, event_loop_name)
     lines = [b"body line %07d " % number + b"x" * 60 for number in range(25_000)]
     wire = wire_message(f"big over tls {event_loop_name}") + b"\r\n".join(lines) + b"\r\nthe end\r\n"
     assert len(wire) > 4 * 256 * 1024
-    connection, results = run(event_loop_name, deliver_one(
+    connection, results = run_on_loop(event_loop_name, deliver_one(
         "tls-peer.example.test", "127.0.0.1", tls_postfix.port, "encrypt",
         content_in_segment(tmp_path, wire)))
     assert connection.tls
@@ -204,7 +196,7 @@ def test_message_of_many_chunks_over_tls(tls_postfix, tmp_path, event_loop_name)
 def test_level_none_stays_plaintext_to_the_same_postfix(tls_postfix, tmp_path, event_loop_name):
     """The control for the test above: the same peer, seen from its side, without STARTTLS."""
     wire = content_in_segment(tmp_path, wire_message(f"plain {event_loop_name}"))
-    connection, results = run(event_loop_name, deliver_one(
+    connection, results = run_on_loop(event_loop_name, deliver_one(
         "tls-peer.example.test", "127.0.0.1", tls_postfix.port, "none", wire))
     assert not connection.tls and "STARTTLS" in connection.extensions
     assert results[0].status == "sent"
@@ -226,7 +218,7 @@ def test_may_without_starttls_delivers_in_plaintext(tmp_path, event_loop_name):
     sink = start_smtp_sink(host, port, "-d", f"{dump}/%H%M%S.")
     try:
         wire = content_in_segment(tmp_path, wire_message("may in plaintext"))
-        connection, results = run(event_loop_name, deliver_one("sink.example", host, port, "may", wire))
+        connection, results = run_on_loop(event_loop_name, deliver_one("sink.example", host, port, "may", wire))
         assert not connection.tls and "STARTTLS" not in connection.extensions
         assert (results[0].status, results[0].dsn) == ("sent", "2.0.0"), results
         assert wait_until(lambda: any(p.is_file() for p in dump.rglob("*")), 5)
@@ -352,7 +344,7 @@ def test_failed_handshake_defers_without_plaintext_retry(broken_peer, event_loop
     timeouts = ClientTimeouts.for_smtp(smtp_starttls_timeout=10)
     started = time.monotonic()
     with pytest.raises(DeliveryError) as caught:
-        run(event_loop_name, SmtpConnection.open("broken.example", peer.host, peer.port,
+        run_on_loop(event_loop_name, SmtpConnection.open("broken.example", peer.host, peer.port,
                                                  helo_name="client.example", timeouts=timeouts,
                                                  tls_security_level=level))
     elapsed = time.monotonic() - started

@@ -12,7 +12,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -20,9 +19,11 @@ from pathlib import Path
 
 import pytest
 from peers.certificates import self_signed_certificate
-from peers.dovecot import DOVECOT, DovecotAuthServer, b64
+from peers.dialog import differences
+from peers.dialog import run_dialog as dialog
+from peers.dovecot import DOVECOT, b64
 from peers.privatepostfix import PostfixInstance
-from peers.rawclient import RawClient, reply_lines
+from peers.rawclient import RawClient
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and (os.geteuid() != 0 or not os.path.exists(DOVECOT)
@@ -107,31 +108,7 @@ def _normal(command: str, lines: list[str]) -> str:
 
 
 def run_dialog(port: int, steps) -> list[str]:
-    transcript = []
-    with socket.create_connection(("127.0.0.1", port), timeout=30,
-                                  source_address=(next(_sources), 0)) as sock:
-        buffer = bytearray()
-        transcript.append(f"CONNECT -> {_normal('CONNECT', reply_lines(sock, buffer))}")
-        for step in steps:
-            commands = step if isinstance(step, list) else [step]
-            sock.sendall("".join(c + "\r\n" for c in commands).encode())
-            for command in commands:
-                lines = reply_lines(sock, buffer)
-                transcript.append(f"{command} -> {_normal(command.split(' ')[0], lines)}")
-                if lines[0].startswith("221"):
-                    return transcript
-    return transcript
-
-
-@pytest.fixture(scope="module")
-def dovecot():
-    server = DovecotAuthServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        server.remove()
+    return dialog(port, next(_sources), steps, _normal)
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +139,7 @@ def postfix_transcripts(dovecot, tables):
 
 def test_auth_dialogs_match_postfix(postfix_transcripts, dovecot, tables, make_mta):
     mta = make_mta(settings_for(dovecot, tables))
-    ours = [run_dialog(mta.port, steps) for steps in DIALOGS]
-    report = []
-    for number, (mine, theirs) in enumerate(zip(ours, postfix_transcripts)):
-        for position in range(max(len(mine), len(theirs))):
-            a = mine[position] if position < len(mine) else None
-            b = theirs[position] if position < len(theirs) else None
-            if a != b:
-                report.append(f"dialog {number} step {position}:\n  postfix   {b}\n  pyfastmta {a}")
+    report = differences([run_dialog(mta.port, steps) for steps in DIALOGS], postfix_transcripts)
     assert not report, "\n".join(report)
     # Postfix's log lines: the failure warning and the SASL fields of the client= line.
     assert mta.logged("SASL PLAIN authentication failed: (reason unavailable), sasl_username=alice")

@@ -57,3 +57,14 @@ def start_smtp_sink(host: str, port: int, *options: str, backlog: int = 50) -> s
         process.wait()
         raise
     return process
+
+
+def run_on_loop(event_loop_name: str, coroutine):
+    """Runs the coroutine to its end on a new event loop of the named kind (uvloop or asyncio)."""
+    import asyncio
+
+    import uvloop
+
+    factory = uvloop.new_event_loop if event_loop_name == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
