@@ -32,7 +32,7 @@ class CleanupSettings:
     __slots__ = (
         "myhostname", "mail_name", "hopcount_limit", "header_size_limit",
         "always_add_missing_headers", "undisclosed_recipients_header", "header_rewriter",
-        "drop_headers",
+        "drop_headers", "content_filter",
     )
 
     def __init__(self, config, header_rewriter: HeaderRewriter | None):
@@ -46,6 +46,8 @@ class CleanupSettings:
         self.header_size_limit = config.get("header_size_limit")
         self.always_add_missing_headers = config.get("always_add_missing_headers")
         self.undisclosed_recipients_header = config.get("undisclosed_recipients_header")
+        # transport:nexthop every message is sent through instead of its normal route; "" none.
+        self.content_filter = config.get("content_filter")
 
 
 class Rejected(Exception):
@@ -100,14 +102,23 @@ class CleanMessage:
 def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: str,
                   recipients: list[str], helo: str | None, client_name: str, client_addr: str,
                   protocol: str, local_client: bool, now: float | None = None,
-                  tls_clause: str = "", auth_clause: str = "") -> CleanMessage:
-    """Returns the message as it will be queued, or raises Rejected."""
+                  tls_clause: str = "", auth_clause: str = "",
+                  prepend: list[str] | None = None) -> CleanMessage:
+    """Returns the message as it will be queued, or raises Rejected. prepend: header lines
+    (without line ends) that go above our Received: header, as access table PREPEND actions put
+    them; cleanup treats them as the message's own headers."""
     if now is None:
         now = time.time()
+    above = 0  # bytes of prepended header lines at the start of content
+    if prepend:
+        lines = "".join(f"{line}\r\n" for line in prepend).encode("utf-8", "surrogateescape")
+        above = len(lines)
+        content = lines + bytes(content)
     block = scan_headers(content, settings.header_size_limit)
     if block.oversized:
         content = _truncate_oversized_fields(content, block, settings.header_size_limit)
         block = scan_headers(content, settings.header_size_limit)
+    above = min(above, block.header_end)
     hops = block.count(b"received", b"delivered-to")
     if hops >= settings.hopcount_limit:
         raise Rejected("554 5.4.6 Too many hops")
@@ -177,13 +188,25 @@ def clean_message(content, *, settings: CleanupSettings, queue_id: str, sender: 
 
     header_end = block.header_end
     view = memoryview(content)
-    parts = [received.encode("utf-8", "surrogateescape")]
+    received_bytes = received.encode("utf-8", "surrogateescape")
+    parts = [] if above else [received_bytes]
     position = 0
     for start, end, replacement in edits:
+        if above and start >= above:
+            # Past the prepended lines: our Received: goes here.
+            cut = max(position, above)
+            parts.append(view[position:cut])
+            parts.append(received_bytes)
+            position, above = cut, 0
         parts.append(view[position:start])
         if replacement:
             parts.append(replacement)
         position = end
+    if above:
+        cut = max(position, above)
+        parts.append(view[position:cut])
+        parts.append(received_bytes)
+        position = cut
     parts.append(view[position:header_end])
     if added:
         parts.append("".join(added).encode("utf-8", "surrogateescape"))

@@ -9,7 +9,7 @@ from pyfastmta.config.errors import ConfigError, ExpansionError
 from pyfastmta.config.expansion import expand, referenced_names
 from pyfastmta.config.maincf import Setting, read_main_cf
 from pyfastmta.config.mastercf import Service, listen_addresses, parse_master_cf
-from pyfastmta.config.parameters import PARAMETERS
+from pyfastmta.config.parameters import PARAMETERS, RAW
 from pyfastmta.config.valuetypes import BadValue
 
 EMBEDDED_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
@@ -91,7 +91,7 @@ class Config:
 
     __slots__ = (
         "config_dir", "main_cf_path", "master_cf_path", "services", "warnings",
-        "_values", "_expanded", "_settings", "_texts", "_service_configs",
+        "_values", "_expanded", "_settings", "_texts", "_service_configs", "_stressed",
     )
 
     def __init__(
@@ -108,6 +108,7 @@ class Config:
         self.warnings: list[str] = []
         self._settings = settings
         self._service_configs: dict[tuple[str, str], Config] = {}
+        self._stressed: Config | None = None
         evaluation = _Evaluation(settings, config_dir, main_cf_path)
         self._values: dict[str, object] = {}
         self._expanded: dict[str, str] = {}
@@ -116,7 +117,11 @@ class Config:
             if name in self._expanded:
                 continue
             try:
-                text = evaluation.expanded(name)
+                parameter = PARAMETERS.get(name)
+                if parameter is not None and parameter.kind == RAW:
+                    text = evaluation.raw_value(name) or ""
+                else:
+                    text = evaluation.expanded(name)
             except ExpansionError as error:
                 raise ConfigError(*evaluation.where(name), f"cannot expand {name}: {error}") from None
             self._expanded[name] = text
@@ -185,6 +190,15 @@ class Config:
     def smtpd_services(self) -> list[Service]:
         """The inet services whose command is smtpd: the ones pyfastmta runs."""
         return [service for service in self.services if service.type == "inet" and service.command == "smtpd"]
+
+    def under_stress(self) -> Config:
+        """This configuration as an overloaded worker's new sessions see it: stress = yes."""
+        if self._stressed is None:
+            settings = dict(self._settings)
+            settings["stress"] = Setting("stress", "yes", None, None)
+            self._stressed = Config(settings, self.config_dir, self.main_cf_path, self.master_cf_path)
+            self._stressed.services = self.services
+        return self._stressed
 
     def for_service(self, service: Service) -> Config:
         """This configuration with the service's -o overrides applied."""

@@ -29,6 +29,8 @@ SIZE = "size"
 TIME = "time"
 LIST = "list"
 CHOICE = "choice"
+# Text kept as written: its $names are filled in when it is used (default_rbl_reply's $rbl_code).
+RAW = "raw"
 # A list that may later name lookup tables (type:name); kept as a plain list for now.
 TABLE_OR_LIST = "table-or-list"
 
@@ -62,7 +64,7 @@ class Parameter:
 
     def convert(self, text: str) -> object:
         """The typed value of expanded text; raises BadValue."""
-        if self.kind == STRING:
+        if self.kind in (STRING, RAW):
             return text.strip()
         if self.kind in (INT, SIZE):
             return parse_integer(self.name, text, self.minimum)
@@ -173,6 +175,9 @@ _TABLE = [
     # Limits.
     Parameter("message_size_limit", SIZE, "10240000",
               "Largest message accepted, in bytes, envelope included; 0 means no limit.", minimum=0),
+    Parameter("queue_minfree", SIZE, "0",
+              "Free bytes the queue file system needs for smtpd to accept MAIL FROM (it also needs "
+              "1.5 times message_size_limit).", minimum=0),
     Parameter("header_size_limit", INT, "102400",
               "Most bytes of one message header kept before the rest of the header is dropped.",
               minimum=1),
@@ -187,22 +192,25 @@ _TABLE = [
     Parameter("smtpd_recipient_overshoot_limit", INT, "1000",
               "Recipients beyond smtpd_recipient_limit that count as errors towards the error limits.",
               minimum=0),
-    Parameter("smtpd_junk_command_limit", INT, "100",
+    Parameter("smtpd_junk_command_limit", INT, "${stress?{1}:{100}}",
               "NOOP, VRFY and RSET commands a client may send before each one counts as an error."),
-    Parameter("smtpd_hard_error_limit", INT, "20",
+    Parameter("smtpd_hard_error_limit", INT, "${stress?{1}:{20}}",
               "Errors after which the SMTP server disconnects.", minimum=1),
     Parameter("smtpd_soft_error_limit", INT, "10",
               "Errors after which the SMTP server delays each error reply by $smtpd_error_sleep_time.",
               minimum=0),
     Parameter("smtpd_error_sleep_time", TIME, "1s",
               "Delay before an error reply once the soft error limit is passed.", minimum=0),
-    Parameter("smtpd_timeout", TIME, "300s",
+    Parameter("smtpd_timeout", TIME, "${stress?{10}:{300}}s",
               "Time the SMTP server waits for a client's request or data before it disconnects.",
               minimum=1),
     Parameter("max_use", INT, "100",
               "Clients a process serves before it is replaced.", minimum=1),
     Parameter("max_idle", TIME, "100s",
               "Time an idle process waits for a client before it exits.", minimum=1),
+    Parameter("stress", STRING, "",
+              "\"yes\" in the settings of sessions a worker starts while it is overloaded (set by "
+              "pyfastmta, not in main.cf): ${stress?...} defaults then pick their short values."),
     Parameter("default_process_limit", INT, "100",
               "Process limit of a master.cf service whose maxproc column is \"-\".", minimum=0),
     # SMTP server behaviour.
@@ -256,6 +264,8 @@ _TABLE = [
               "RCPT TO requests one client may make per anvil_rate_time_unit (0: no limit)."),
     Parameter("smtpd_client_new_tls_session_rate_limit", INT, "0",
               "New (not resumed) TLS sessions one client may start per anvil_rate_time_unit (0: no limit)."),
+    Parameter("smtpd_client_auth_rate_limit", INT, "0",
+              "AUTH commands one client may send to a service per anvil_rate_time_unit (0: no limit)."),
     Parameter("smtpd_client_event_limit_exceptions", TABLE_OR_LIST,
               "${smtpd_client_connection_limit_exceptions:$mynetworks}",
               "Clients whose connections and events are not counted against the client limits."),
@@ -292,6 +302,31 @@ _TABLE = [
               "Reply code of reject_non_fqdn_helo_hostname, _sender and _recipient."),
     Parameter("invalid_hostname_reject_code", INT, "501",
               "Reply code of reject_invalid_helo_hostname."),
+    Parameter("unknown_address_reject_code", INT, "450",
+              "Reply code of reject_unknown_sender_domain and reject_unknown_recipient_domain."),
+    Parameter("unknown_client_reject_code", INT, "450",
+              "Reply code of reject_unknown_client_hostname and _reverse_client_hostname."),
+    Parameter("unknown_hostname_reject_code", INT, "450",
+              "Reply code of reject_unknown_helo_hostname."),
+    Parameter("reject_tempfail_action", CHOICE, "defer_if_permit",
+              "What a DNS lookup that fails for now makes of a reject_unknown_* restriction.",
+              choices={"defer_if_permit": "defer_if_permit", "defer": "defer"}),
+    Parameter("unknown_address_tempfail_action", CHOICE, "$reject_tempfail_action",
+              "reject_tempfail_action for reject_unknown_sender_domain and _recipient_domain.",
+              choices={"defer_if_permit": "defer_if_permit", "defer": "defer"}),
+    Parameter("unknown_helo_hostname_tempfail_action", CHOICE, "$reject_tempfail_action",
+              "reject_tempfail_action for reject_unknown_helo_hostname.",
+              choices={"defer_if_permit": "defer_if_permit", "defer": "defer"}),
+    # DNS block and allow lists.
+    Parameter("maps_rbl_reject_code", INT, "554", "Reply code ($rbl_code) of a DNS block list's refusal."),
+    Parameter("default_rbl_reply", RAW,
+              "$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked using "
+              "$rbl_domain${rbl_reason?; $rbl_reason}",
+              "Reply template of a DNS block list's refusal; rbl_reply_maps may give one per list."),
+    Parameter("rbl_reply_maps", LIST, "",
+              "Tables of reply templates by DNS list domain (domain=filter first, then domain)."),
+    Parameter("relay_clientcerts", LIST, "",
+              "Tables of client certificate fingerprints that permit_tls_clientcerts lets relay."),
     # Message cleanup.
     Parameter("always_add_missing_headers", BOOL, "no",
               "Add missing From:, To:, Date: and Message-ID: headers for mail from remote clients too."),
@@ -345,6 +380,10 @@ _TABLE = [
               "Alias tables of local delivery (aliases(5))."),
     Parameter("alias_database", LIST, "hash:/etc/aliases",
               "Alias tables that newaliases builds."),
+    # Content filter: cleanup marks each message, the queue manager routes it (FILTER_README).
+    Parameter("content_filter", STRING, "",
+              "transport:nexthop through which every message is delivered instead of its normal "
+              "route; empty: none. An access table's FILTER action overrides it."),
     # Delivery: next hops (trivial-rewrite).
     Parameter("relayhost", STRING, "",
               "Next hop for mail of the default address class; empty: the recipient domain's MX hosts."),
@@ -521,6 +560,11 @@ _TABLE = [
               "Tables from a MAIL FROM address to the SASL login names that own it."),
     Parameter("smtpd_sasl_exceptions_networks", LIST, "",
               "Clients to which AUTH is not advertised (they may still use it)."),
+    Parameter("smtpd_sasl_response_limit", INT, "12288",
+              "Longest line a client may send in answer to an AUTH challenge.", minimum=12288),
+    Parameter("smtpd_sasl_mechanism_filter", LIST, "!external, static:rest",
+              "Which of the backend's mechanisms EHLO announces: names, /file/name, type:table, "
+              "!pattern; empty announces them all."),
     Parameter("smtpd_tls_wrappermode", BOOL, "no",
               "Implicit TLS: the handshake comes before the greeting (for a master.cf service on 465)."),
     Parameter("smtpd_tls_received_header", BOOL, "no",
@@ -532,7 +576,7 @@ _TABLE = [
     Parameter("smtpd_tls_fingerprint_digest", CHOICE, "sha256",
               "Digest of client certificate fingerprints: md5, sha1, sha256, sha512.",
               choices={d: d for d in ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")}),
-    Parameter("smtpd_starttls_timeout", TIME, "300s",
+    Parameter("smtpd_starttls_timeout", TIME, "${stress?{10}:{300}}s",
               "Time limit for the TLS handshake after STARTTLS or on a wrappermode connection.",
               minimum=1),
     # pyfastmta's own.

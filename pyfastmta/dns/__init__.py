@@ -1,5 +1,5 @@
 """DNS for the delivery path: a domain's mail exchangers and their addresses (see resolver.py)."""
 
-from .resolver import Destination, DnsError, DnsResolver, MxHost
+from .resolver import Destination, DnsError, DnsResolver, MxHost, Negative
 
-__all__ = ["Destination", "DnsError", "DnsResolver", "MxHost"]
+__all__ = ["Destination", "DnsError", "DnsResolver", "MxHost", "Negative"]

@@ -32,6 +32,13 @@ class TtlCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peek(self, key: K) -> V | None:
+        """The value kept for key, or None when there is none (or it expired)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        return None
+
     async def get(self, key: K, fetch: Callable[[], Awaitable[tuple[V, float]]]) -> V:
         entry = self._entries.get(key)
         if entry is not None:

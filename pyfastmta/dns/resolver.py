@@ -66,8 +66,8 @@ class Destination(NamedTuple):
     preference: int = 0
 
 
-class _Negative(NamedTuple):
-    """A cached "no such name" (nxdomain=True) or "no records of this type" answer."""
+class Negative(NamedTuple):
+    """A "no such name" (nxdomain=True) or "no records of this type" answer."""
     nxdomain: bool
 
 
@@ -150,7 +150,7 @@ class DnsResolver:
         self.smtp_address_preference = smtp_address_preference
         self.timeout = timeout
         self.cache_max_ttl = cache_max_ttl
-        self._cache: TtlCache[tuple[str, int], tuple | _Negative] = TtlCache()
+        self._cache: TtlCache[tuple[str, int], tuple | Negative] = TtlCache()
         self._resolver = dns.asyncresolver.Resolver(configure=False)
         self._config_problem: str | None = None
         if nameservers is None:
@@ -169,8 +169,8 @@ class DnsResolver:
 
         [] when the domain exists without MX records (the caller falls back to its addresses).
         """
-        answer = await self._lookup(domain, dns.rdatatype.MX)
-        if isinstance(answer, _Negative):
+        answer = await self.records(domain, dns.rdatatype.MX)
+        if isinstance(answer, Negative):
             if answer.nxdomain:
                 raise DnsError(False, "5.1.2", f"Host or domain name not found: name={domain} "
                                                f"type=MX: no such domain (NXDOMAIN)")
@@ -188,7 +188,7 @@ class DnsResolver:
                 raise DnsError(True, "4.4.4", f"Address {literal} cannot be used: its protocol is "
                                               f"not enabled in inet_protocols")
             return [literal]
-        lookups = [self._lookup(hostname, _FAMILY_TYPE[f]) for f in self.families]
+        lookups = [self.records(hostname, _FAMILY_TYPE[f]) for f in self.families]
         outcomes = await asyncio.gather(*lookups, return_exceptions=True)
         found: list[str] = []
         errors: list[DnsError] = []
@@ -198,7 +198,7 @@ class DnsResolver:
                 errors.append(outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
-            elif isinstance(outcome, _Negative):
+            elif isinstance(outcome, Negative):
                 nxdomain = nxdomain or outcome.nxdomain
             else:
                 found.extend(outcome)
@@ -215,8 +215,8 @@ class DnsResolver:
 
     async def host_names(self, address: str) -> list[str]:
         """The names the address's PTR records give ([] when there are none)."""
-        answer = await self._lookup(dns.reversename.from_address(address).to_text(), dns.rdatatype.PTR)
-        return [] if isinstance(answer, _Negative) else list(answer)
+        answer = await self.records(dns.reversename.from_address(address).to_text(), dns.rdatatype.PTR)
+        return [] if isinstance(answer, Negative) else list(answer)
 
     async def destinations(self, domain: str, *, mx: bool = True, port: int = 25) -> list[Destination]:
         """The addresses to try for a nexthop, in order; `[host]` and mx=False skip the MX lookup."""
@@ -272,16 +272,24 @@ class DnsResolver:
             addresses.sort(key=lambda a: _family_of(a) != first)
         return addresses
 
-    async def _lookup(self, name: str, rdtype: int) -> tuple | _Negative:
-        """Records of one type as a tuple (MX: (preference, hostname)), or a _Negative."""
+    async def records(self, name: str, rdtype: int) -> tuple | Negative:
+        """Records of one type as a tuple, or a Negative: MX as (preference, hostname), A and
+        AAAA as addresses, PTR, NS and CNAME as names, TXT as the record's strings joined."""
+        qname = self._qname(name)
+        return await self._cache.get((name.lower().rstrip("."), rdtype), lambda: self._query(qname, rdtype))
+
+    def cached_records(self, name: str, rdtype: int) -> tuple | Negative | None:
+        """What records() would answer from the cache, without waiting; None when it would ask."""
+        return self._cache.peek((name.lower().rstrip("."), rdtype))
+
+    @staticmethod
+    def _qname(name: str) -> dns.name.Name:
         try:
-            qname = dns.name.from_text(name)
+            return dns.name.from_text(name)
         except (dns.exception.DNSException, UnicodeError) as e:
             raise DnsError(False, "5.1.2", f"Malformed host or domain name {name!r}: {e}") from None
-        key = (qname.to_text().lower(), rdtype)
-        return await self._cache.get(key, lambda: self._query(qname, rdtype))
 
-    async def _query(self, qname: dns.name.Name, rdtype: int) -> tuple[tuple | _Negative, float]:
+    async def _query(self, qname: dns.name.Name, rdtype: int) -> tuple[tuple | Negative, float]:
         name = qname.to_text(omit_final_dot=True)
         type_text = dns.rdatatype.to_text(rdtype)
         if self._config_problem:
@@ -291,7 +299,7 @@ class DnsResolver:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False,
                                                   search=False)
         except dns.resolver.NXDOMAIN as e:
-            return _Negative(True), self._negative_ttl(e.response(qname), qname)
+            return Negative(True), self._negative_ttl(e.response(qname), qname)
         except dns.resolver.LifetimeTimeout:
             raise DnsError(True, "4.4.3", f"Host or domain name lookup failed, will try again: "
                                           f"name={name} type={type_text}: no answer from the name "
@@ -304,12 +312,14 @@ class DnsResolver:
             raise DnsError(True, "4.4.3", f"Host or domain name lookup failed, will try again: "
                                           f"name={name} type={type_text}: {e}") from None
         if answer.rrset is None:
-            return _Negative(False), self._negative_ttl(answer.response, qname)
+            return Negative(False), self._negative_ttl(answer.response, qname)
         if rdtype == dns.rdatatype.MX:
             records = tuple((r.preference, "" if r.exchange == dns.name.root
                              else r.exchange.to_text(omit_final_dot=True)) for r in answer.rrset)
-        elif rdtype == dns.rdatatype.PTR:
+        elif rdtype in (dns.rdatatype.PTR, dns.rdatatype.NS, dns.rdatatype.CNAME):
             records = tuple(r.target.to_text(omit_final_dot=True) for r in answer.rrset)
+        elif rdtype == dns.rdatatype.TXT:
+            records = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer.rrset)
         else:
             records = tuple(r.address for r in answer.rrset)
         # the CNAME chain's TTLs count too: the answer is only as fresh as its shortest link

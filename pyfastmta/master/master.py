@@ -8,6 +8,7 @@ the master, so a restarted worker takes over the connections waiting in its pred
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import time
@@ -32,6 +33,17 @@ CLIENT_EVENT_SLOTS = 65536
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
 
+
+
+def raise_open_file_limit() -> None:
+    """Every client connection is a descriptor: workers may use as many as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # the kernel's own ceiling (nr_open) is lower: keep what we have
 
 class StartupError(Exception):
     pass
@@ -107,6 +119,7 @@ class Master:
         self.pidfile = PidFile.for_queue(config.get("queue_directory"))
         if not self.pidfile.acquire():
             raise StartupError(f"the mail system is already running (PID {self.pidfile.read_pid()})")
+        raise_open_file_limit()
         count = config.get("worker_count")
         services = config.smtpd_services()
         if not services:

@@ -63,6 +63,19 @@ class _Job:
         self.recipients = recipients
 
 
+def filter_route(content_filter: str, address: str, resolve, sender: str) -> tuple[str, str]:
+    """(transport, nexthop) of a recipient of a message with a content filter (FILTER action or
+    content_filter): the filter's, whatever the recipient. A filter without a nexthop
+    ("smtp:") sends to the recipient's domain, as Postfix's qmgr does (default_filter_nexthop
+    being empty); an address without a domain to where the resolver would send it."""
+    transport, _, nexthop = content_filter.partition(":")
+    if not nexthop:
+        nexthop = address.rpartition("@")[2] if "@" in address else ""
+        if not nexthop:
+            nexthop = resolve(address, sender).nexthop
+    return transport, nexthop
+
+
 def next_retry_time(now: float, arrival_time: float, minimal_backoff_time: float,
                     maximal_backoff_time: float) -> float:
     """When a message deferred now is due again."""
@@ -79,6 +92,7 @@ class Scheduler:
         self._active: dict[str, _Message] = {}
         self._active_recipients = 0
         self._deferred_due: collections.deque[str] = collections.deque()
+        self._holding: set[str] = set()  # HOLD records being written
         self._tasks: set[asyncio.Task] = set()
         self._wakeup = asyncio.Event()
         self._scan_deferred_now = True  # the first pass picks up what is due after a restart
@@ -307,6 +321,12 @@ class Scheduler:
         entry = self.partition.entries.get(queue_id)
         if entry is None or entry.queue_name not in (origin, ACTIVE):
             return True  # final, held, or taken already: nothing to do
+        if origin == INCOMING and entry.envelope.hold and entry.next_retry == 0.0:
+            # An access table's HOLD: smtpd files the message on hold itself; this covers the
+            # moment before that record is written, and a crash in between. A message that
+            # was released (or deferred) once has a retry time and is delivered as usual.
+            self._hold(queue_id)
+            return True
         pending = entry.pending_recipients()
         if not pending:
             return True
@@ -333,12 +353,17 @@ class Scheduler:
         """Resolve each recipient and queue its delivery at its destination."""
         entry = message.entry
         recipients = entry.envelope.recipients
+        content_filter = entry.envelope.content_filter
         groups: dict[tuple, list[int]] = {}
         for i in pending:
             address = recipients[i].address
             try:
-                resolution = self._resolve(address, entry.envelope.sender)
-                transport, nexthop = resolution.transport, resolution.nexthop
+                if content_filter:
+                    transport, nexthop = filter_route(content_filter, address, self._resolve,
+                                                      entry.envelope.sender)
+                else:
+                    resolution = self._resolve(address, entry.envelope.sender)
+                    transport, nexthop = resolution.transport, resolution.nexthop
             except Exception as exc:  # noqa: BLE001 - a resolver failure defers, it never loses mail
                 self._immediate(message, i, "qmgr", "deferred", "4.3.0", f"address resolver failure: {exc}", now)
                 continue
@@ -549,6 +574,21 @@ class Scheduler:
             self._log("qmgr", f"warning: {entry.queue_id}: could not queue the delay warning: {exc}")
 
     # -- queue records --------------------------------------------------------------------------
+
+    def _hold(self, queue_id: str) -> None:
+        """Move a message to the hold queue (once, while the record is being written)."""
+        if queue_id in self._holding:
+            return
+        written = self._record(queue_id, Transition.HOLD)
+        if written is None:
+            return
+        self._holding.add(queue_id)
+
+        def settled(future: asyncio.Future) -> None:
+            self._holding.discard(queue_id)
+            self._check_written(future, queue_id)
+
+        written.add_done_callback(settled)
 
     def _record(self, queue_id: str, transition: Transition, reason: str | None = None, *,
                 next_retry: float | None = None, recipients: list[int] | None = None) -> asyncio.Future | None:

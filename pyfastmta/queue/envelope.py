@@ -38,6 +38,12 @@ class Envelope(msgspec.Struct, array_like=True, gc=False):
     envid: str | None = None
     ret: str | None = None  # "FULL" or "HDRS"
     extra: dict[str, str] = {}
+    # transport:nexthop that all recipients are delivered through instead of their own route
+    # (an access table's FILTER action, or content_filter); None: the normal route.
+    content_filter: str | None = None
+    # Kept in the hold queue from the start (an access table's HOLD action): the queue manager
+    # never delivers it until an administrator releases it.
+    hold: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()

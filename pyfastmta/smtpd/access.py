@@ -135,7 +135,8 @@ class Action:
     """One parsed access table value.
 
     kind: "ok", "dunno", "reject" (code, dsn and text set), "defer_if_permit", "defer_if_reject",
-    "warn", "info", "discard", "restrictions" (words: a restriction list to evaluate), or
+    "warn", "info", "discard", "restrictions" (words: a restriction list to evaluate), one of
+    the actions that change the message ("hold", "prepend", "redirect", "bcc", "filter"), or
     "unsupported" (text names the action). text is the text after the action word.
     """
 
@@ -150,8 +151,33 @@ class Action:
         self.words = words or []
 
 
-# Actions that change the message rather than the reply; not carried out by this server.
-_MESSAGE_ACTIONS = {"HOLD", "PREPEND", "REDIRECT", "BCC", "FILTER", "HANGUP"}
+# Actions that change the message rather than the reply: smtpd keeps them for the queueing of
+# the message (restrictions.CheckState), cleanup and the queue manager carry them out.
+MESSAGE_ACTIONS = {"HOLD": "hold", "PREPEND": "prepend", "REDIRECT": "redirect", "BCC": "bcc",
+                   "FILTER": "filter"}
+# Known to Postfix, not carried out by this server.
+_UNSUPPORTED_ACTIONS = {"HANGUP"}
+
+
+def is_header(text: str) -> bool:
+    """Whether text starts like a message header: a name of printable ASCII characters other
+    than space and colon, optional blanks, then a colon (what PREPEND must give)."""
+    position = 0
+    length = len(text)
+    while position < length:
+        char = text[position]
+        if char == ":":
+            return position > 0
+        if char in " \t":
+            if position == 0:
+                return False
+            while position < length and text[position] in " \t":
+                position += 1
+            return position < length and text[position] == ":"
+        if not (" " < char < "\x7f"):
+            return False
+        position += 1
+    return False
 
 
 def parse_action(value: str, *, reject_code: int, defer_code: int, split_list) -> Action:
@@ -185,7 +211,9 @@ def parse_action(value: str, *, reject_code: int, defer_code: int, split_list) -
         return Action("info", text=rest)
     if upper == "DISCARD":
         return Action("discard", text=rest)
-    if upper in _MESSAGE_ACTIONS:
+    if upper in MESSAGE_ACTIONS:
+        return Action(MESSAGE_ACTIONS[upper], text=rest)
+    if upper in _UNSUPPORTED_ACTIONS:
         return Action("unsupported", text=upper)
     if len(word) == 3 and word[0] in "45" and word[1:].isdigit() and rest:
         dsn, text = dsn_split(f"{word[0]}.7.1", rest)

@@ -14,7 +14,7 @@ import os
 
 from pyfastmta.config import ConfigError
 from pyfastmta.maps import TableError
-from pyfastmta.maps.matchlist import NetworkList
+from pyfastmta.maps.matchlist import DomainList, NetworkList
 from pyfastmta.sasl.conversation import SaslStep, failed
 
 BACKENDS = ("dovecot", "passwd-file")
@@ -42,11 +42,20 @@ class SaslSettings:
         self.local_domain: str = get("smtpd_sasl_local_domain")
         self.options = _options(config, "smtpd_sasl_security_options")
         self.tls_options = _options(config, "smtpd_sasl_tls_security_options")
+        # Longest response line; Postfix's bound counts the line ending, so a response of
+        # exactly this many characters is already too long.
+        self.response_limit: int = get("smtpd_sasl_response_limit")
         try:
             self.exceptions = NetworkList("smtpd_sasl_exceptions_networks",
                                           get("smtpd_sasl_exceptions_networks"))
+            # A string list as Postfix's (names compared without case, tables asked for the
+            # name); it decides what EHLO announces, not what AUTH accepts (as in Postfix).
+            patterns = get("smtpd_sasl_mechanism_filter")
+            self.mechanism_filter = (DomainList("smtpd_sasl_mechanism_filter", patterns, "exact")
+                                     if patterns else None)
         except TableError as error:
             raise ConfigError(config.main_cf_path, None, str(error)) from None
+        self._warned_filter = False
         self.path = _sasl_path(config)
         self.backend = None
         self._mechanisms: list[str] | None = None
@@ -90,14 +99,29 @@ class SaslSettings:
             return self.backend.mechanism_flags(mechanism)
         return _PASSWORD_FILE_FLAGS
 
-    def offered(self, tls: bool) -> list[str]:
-        """The mechanisms the security options leave for a session with or without TLS."""
+    def allowed(self, tls: bool) -> list[str]:
+        """The mechanisms the security options leave for a session with or without TLS: what
+        AUTH accepts."""
         hidden = {_OPTION_FLAGS[o] for o in (self.tls_options if tls else self.options)
                   if o in _OPTION_FLAGS and o not in ("mutual_auth", "forward_secrecy")}
         required = {_OPTION_FLAGS[o] for o in (self.tls_options if tls else self.options)
                     if o in ("mutual_auth", "forward_secrecy")}
         return [name for name in (self._mechanisms or [])
                 if not (self._flags(name) & hidden) and required <= self._flags(name)]
+
+    def offered(self, tls: bool) -> list[str]:
+        """What EHLO announces: the allowed mechanisms that smtpd_sasl_mechanism_filter keeps."""
+        allowed = self.allowed(tls)
+        if self.mechanism_filter is None or not allowed:
+            return allowed
+        kept = [name for name in allowed if self.mechanism_filter.matches(name)]
+        if not kept and not self._warned_filter and self.backend is not None:
+            # Postfix's smtpd stops here; pyfastmta announces no AUTH and says why.
+            self._warned_filter = True
+            if getattr(self.backend, "warn", None) is not None:
+                self.backend.warn(f"smtpd_sasl_mechanism_filter discards all mechanisms in "
+                                  f"'{' '.join(allowed)}'")
+        return kept
 
     def advertised(self, tls: bool, client_addr: str) -> bool:
         return (self.enabled and (tls or not self.tls_auth_only)
@@ -180,10 +204,10 @@ class AuthExchange:
         session = self.session
         sasl = session.settings.sasl
         try:
-            mechanisms = sasl.offered(session.tls is not None) if sasl.mechanisms_known else []
+            mechanisms = sasl.allowed(session.tls is not None) if sasl.mechanisms_known else []
             if not mechanisms:
                 await sasl.load_mechanisms()
-                mechanisms = sasl.offered(session.tls is not None)
+                mechanisms = sasl.allowed(session.tls is not None)
             if self.mechanism not in mechanisms:
                 step = failed("Invalid authentication mechanism")
             else:
@@ -213,13 +237,11 @@ class AuthExchange:
                 return None
             session.reply(f"334 {step.challenge}")
             session.flush_replies()
-            self._line = session.server.loop.create_future()
-            session.parser.read_line()
-            session._resume_parser()
-            response = await self._line
-            self._line = None
+            response = await self._response(session, sasl.response_limit)
             if response is None:
-                self._error("500 5.5.6 Error: authentication exchange line is too long")
+                session.server.log("smtpd", f"warning: {session.client_label}: request longer "
+                                            f"than {sasl.response_limit}")
+                self._error("500 5.5.6 SASL response limit exceeded")
                 return None
             if response == "*":
                 session.server.log("smtpd", f"warning: {session.client_label}: SASL "
@@ -228,6 +250,20 @@ class AuthExchange:
                 return None
             step = await conversation.step(response)
         return step
+
+    async def _response(self, session, limit: int) -> str | None:
+        """The client's next line, up to smtpd_sasl_response_limit instead of
+        line_length_limit; None when it was longer (the rest of it is skipped)."""
+        parser = session.parser
+        self._line = session.server.loop.create_future()
+        parser.line_length_limit = max(1, limit - 1)
+        try:
+            parser.read_line()
+            session._resume_parser()
+            return await self._line
+        finally:
+            self._line = None
+            parser.line_length_limit = session.settings.line_length_limit
 
     def _finish(self, step: SaslStep) -> None:
         session = self.session
@@ -261,6 +297,11 @@ def auth_command(session, arg: bytes):
     """AUTH mechanism [initial-response]: the checks in Postfix's order, then the exchange."""
     settings = session.settings
     sasl = settings.sasl
+    if session._limits_counted:
+        # smtpd_client_auth_rate_limit: every AUTH counts, before anything else is checked.
+        limited = settings.limits.auth(session.client_addr, session.client_label)
+        if limited is not None:
+            return session._limit_error("auth", limited)
     if settings.restrictions.helo_required and session.helo_name is None:
         return session._error("auth", "503 5.5.1 Error: send HELO/EHLO first")
     if not sasl.enabled:

@@ -1,6 +1,6 @@
 """Per-client limits (smtpd_client_*_limit), counted per machine in the table the master shares
 with every worker (ext/anvil.pyx), as Postfix's smtpd counts them through anvil: concurrent
-connections, and connections, messages, recipients and new TLS sessions per
+connections, and connections, messages, recipients, new TLS sessions and AUTH commands per
 anvil_rate_time_unit, for each service apart. Clients that smtpd_client_event_limit_exceptions
 names (by default $mynetworks) are not counted at all.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 
-from pyfastmta._ext.anvil import MESSAGE, RECIPIENT, TLS_SESSION, ClientEvents
+from pyfastmta._ext.anvil import AUTH, MESSAGE, RECIPIENT, TLS_SESSION, ClientEvents
 from pyfastmta.maps.matchlist import NetworkList
 
 Refusal = tuple[str, str] | None
@@ -30,6 +30,7 @@ class ClientLimits:
         self.message_rate: int = get("smtpd_client_message_rate_limit")
         self.recipient_rate: int = get("smtpd_client_recipient_rate_limit")
         self.tls_session_rate: int = get("smtpd_client_new_tls_session_rate_limit")
+        self.auth_rate: int = get("smtpd_client_auth_rate_limit")
         self.exceptions = NetworkList("smtpd_client_event_limit_exceptions",
                                       get("smtpd_client_event_limit_exceptions"))
         if events is not None:
@@ -91,3 +92,15 @@ class ClientLimits:
         """After a handshake that did not resume a session."""
         if self.tls_session_rate:
             self.events.event(address, TLS_SESSION, self.service_id)
+
+    def auth(self, address: str, client: str) -> Refusal:
+        """An AUTH command, counted whatever becomes of it (a syntax error or a failed login
+        counts as much as a success, so that guessing passwords costs time)."""
+        if not self.auth_rate:
+            return None
+        rate = self.events.event(address, AUTH, self.service_id)
+        if rate > self.auth_rate:
+            return (f"450 4.7.1 Error: too many AUTH commands from {address}",
+                    f"warning: AUTH command rate limit exceeded: {rate} from {client} "
+                    f"for service {self.service}")
+        return None

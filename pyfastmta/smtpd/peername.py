@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import NamedTuple
 
 from pyfastmta.dns import DnsError
 
@@ -38,28 +39,54 @@ def read_hosts(path: str = HOSTS_FILE) -> dict[str, str]:
     return names
 
 
+class ClientNames(NamedTuple):
+    """name: the verified name, or "unknown"; reverse_name: what the PTR record says, verified
+    or not. Each status is "ok", "temporary" (the DNS failed for now) or "permanent"."""
+    name: str
+    status: str = "ok"
+    reverse_name: str = "unknown"
+    reverse_status: str = "permanent"
+
+
+UNKNOWN = ClientNames("unknown", "permanent")
+
+
 class PeernameCache:
     def __init__(self, resolver, hosts_file: str = HOSTS_FILE):
         self._resolver = resolver
         self._hosts_names = read_hosts(hosts_file)
-        self._names: dict[str, tuple[str, float]] = {}
+        self._names: dict[str, tuple[ClientNames, float]] = {}
 
-    def cached(self, addr: str) -> str | None:
+    def cached(self, addr: str) -> ClientNames | None:
         entry = self._names.get(addr)
         if entry is not None and entry[1] > time.monotonic():
             return entry[0]
         return None
 
-    async def lookup(self, addr: str) -> str:
+    async def lookup(self, addr: str) -> ClientNames:
         name = self._hosts_names.get(addr)
-        if name is None:
-            name = "unknown"
+        if name is not None:
+            names = ClientNames(name, "ok", name, "ok")
+        else:
+            names = await self._from_dns(addr)
+        self._names[addr] = (names, time.monotonic() + CACHE_SECONDS)
+        return names
+
+    async def _from_dns(self, addr: str) -> ClientNames:
+        try:
+            candidates = await self._resolver.host_names(addr)
+        except DnsError as error:
+            status = "temporary" if error.temporary else "permanent"
+            return ClientNames("unknown", status, "unknown", status)
+        if not candidates:
+            return UNKNOWN
+        reverse = candidates[0]
+        status = "permanent"  # a name that does not resolve back to the address is forged
+        for candidate in candidates:
             try:
-                for candidate in await self._resolver.host_names(addr):
-                    if addr in await self._resolver.addresses(candidate):
-                        name = candidate
-                        break
-            except DnsError:
-                pass  # no name, or none that resolves back: the client stays "unknown"
-        self._names[addr] = (name, time.monotonic() + CACHE_SECONDS)
-        return name
+                if addr in await self._resolver.addresses(candidate):
+                    return ClientNames(candidate, "ok", reverse, "ok")
+            except DnsError as error:
+                if error.temporary:
+                    status = "temporary"
+        return ClientNames("unknown", status, reverse, "ok")

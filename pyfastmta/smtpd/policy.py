@@ -137,8 +137,11 @@ class PolicyClient:
     async def query(self, attributes: Mapping[str, str]) -> str:
         """The action the service answers (for example "DUNNO" or "DEFER_IF_PERMIT Greylisted"),
         or its default action when it cannot be asked."""
+        return await self.query_text(request_text(attributes))
+
+    async def query_text(self, request: bytes) -> str:
+        """query() for a request already in its wire form (request_text)."""
         service = self.service
-        request = request_text(attributes)
         async with self._lock:  # one request at a time on the connection
             problem = ""
             for attempt in range(max(1, service.try_limit)):

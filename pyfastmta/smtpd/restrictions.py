@@ -15,17 +15,23 @@ the list (the stage passes; the next stage still runs), REJECT ends the whole ch
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from pyfastmta.config import ConfigError
+from pyfastmta.config.expansion import expand
+from pyfastmta.config.errors import ExpansionError
+from pyfastmta.dns import DnsError, Negative
 from pyfastmta._ext.address import unquote_local
 from pyfastmta.maps.addresses import find_unquoted
 from pyfastmta.maps.matchlist import DomainList
 from pyfastmta.maps.registry import TableOptions, open_table, split_table_list
 from pyfastmta.maps.table import Maps, TableError, TableTemporaryError
 from pyfastmta.resolve.resolver import valid_hostname
-from pyfastmta.smtpd import access
+from pyfastmta.smtpd import access, lookups
 from pyfastmta.smtpd.access import CLIENT, DATA, END_OF_DATA, HELO, RECIPIENT, SENDER
+from pyfastmta.smtpd.lookups import A, AAAA, MX, NS, Pending
+from pyfastmta.smtpd.policy import PolicyClient, parse_policy_service, request_text
 
 DUNNO, OK, REJECT = 0, 1, 2
 
@@ -63,11 +69,46 @@ SENDER_LOGIN_RESTRICTIONS = frozenset({
     "reject_known_sender_login_mismatch", "reject_unauthenticated_sender_login_mismatch",
 })
 SIMPLE_RESTRICTIONS = SIMPLE_RESTRICTIONS | SENDER_LOGIN_RESTRICTIONS
+# Restrictions that ask the DNS about the client, the HELO name or an address's domain.
+UNKNOWN_RESTRICTIONS = frozenset({
+    "reject_unknown_client_hostname", "reject_unknown_client", "reject_unknown_reverse_client_hostname",
+    "reject_unknown_helo_hostname", "reject_unknown_hostname", "reject_unknown_sender_domain",
+    "reject_unknown_recipient_domain",
+})
+# TLS client certificates: any trusted one, or one whose fingerprint relay_clientcerts lists.
+CERTIFICATE_RESTRICTIONS = frozenset({"permit_tls_clientcerts", "permit_tls_all_clientcerts"})
+SIMPLE_RESTRICTIONS = SIMPLE_RESTRICTIONS | UNKNOWN_RESTRICTIONS | CERTIFICATE_RESTRICTIONS
+# DNS block and allow lists (the next word names the list, `domain` or `domain=filter`):
+# restriction -> (what is looked up, True for an allow list).
+DNSXL_RESTRICTIONS = {
+    "reject_rbl_client": ("client", False), "reject_rbl": ("client", False),
+    "permit_dnswl_client": ("client", True),
+    "reject_rhsbl_client": ("client_name", False), "permit_rhswl_client": ("client_name", True),
+    "reject_rhsbl_reverse_client": ("reverse_client_name", False),
+    "reject_rhsbl_helo": ("helo", False), "reject_rhsbl_sender": ("sender", False),
+    "reject_rhsbl_recipient": ("recipient", False),
+}
+# Access tables searched with the names and addresses of a domain's mail exchangers (MX),
+# name servers (NS), or of the host itself (A): restriction -> (what, record type).
+SERVER_ACCESS_RESTRICTIONS = {
+    f"check_{what}_{kind}_access": (what, rdtype)
+    for what in ("client", "reverse_client", "helo", "sender", "recipient")
+    for kind, rdtype in (("mx", MX), ("ns", NS), ("a", A))
+}
+POLICY_RESTRICTION = "check_policy_service"
+# Every restriction whose next word is its argument.
+ARGUMENT_RESTRICTIONS = (set(TABLE_RESTRICTIONS) | set(DNSXL_RESTRICTIONS)
+                         | set(SERVER_ACCESS_RESTRICTIONS) | {POLICY_RESTRICTION})
+# Restrictions whose answer may have to wait for the DNS or a policy server.
+ASKING_RESTRICTIONS = (UNKNOWN_RESTRICTIONS | set(DNSXL_RESTRICTIONS) | set(SERVER_ACCESS_RESTRICTIONS)
+                       | {POLICY_RESTRICTION})
 # One of these must be in smtpd_relay_restrictions or smtpd_recipient_restrictions, else any
 # client could relay.
 _RELAY_REQUIRED = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
                    "defer_if_permit")
 SERVER_ERROR = (451, "4.3.5", "Server configuration error")
+# Most mail exchanger or name server addresses a check_*_mx/ns/a_access searches.
+SERVER_ADDRESS_LIMIT = 100
 
 
 class Request:
@@ -75,12 +116,16 @@ class Request:
     RCPT); sender: None before MAIL FROM, "" for the null sender."""
 
     __slots__ = ("client_name", "client_addr", "in_mynetworks", "helo", "sender", "recipient",
-                 "smtputf8", "illegal_pipelining", "sasl_username")
+                 "smtputf8", "illegal_pipelining", "sasl_username", "client_name_status",
+                 "reverse_client_name", "reverse_client_name_status", "tls", "answers",
+                 "policy_attributes")
 
     def __init__(self, *, client_name: str, client_addr: str, in_mynetworks: bool,
                  helo: str | None = None, sender: str | None = None, recipient: str | None = None,
                  smtputf8: bool = False, illegal_pipelining: bool = False,
-                 sasl_username: str | None = None) -> None:
+                 sasl_username: str | None = None, client_name_status: str = "ok",
+                 reverse_client_name: str | None = None, reverse_client_name_status: str = "ok",
+                 tls=None, answers: lookups.Answers | None = None, policy_attributes=None) -> None:
         self.client_name = client_name
         self.client_addr = client_addr
         self.in_mynetworks = in_mynetworks
@@ -90,6 +135,13 @@ class Request:
         self.smtputf8 = smtputf8
         self.illegal_pipelining = illegal_pipelining
         self.sasl_username = sasl_username
+        # "ok", "temporary" (the DNS failed for now) or "permanent", as Postfix keeps them.
+        self.client_name_status = client_name_status
+        self.reverse_client_name = client_name if reverse_client_name is None else reverse_client_name
+        self.reverse_client_name_status = reverse_client_name_status
+        self.tls = tls  # the session's TlsInfo, None in plain text
+        self.answers = answers  # DNS and policy answers (lookups.py); None when no check asks
+        self.policy_attributes = policy_attributes  # () -> the session's policy request attributes
 
     @property
     def client_label(self) -> str:
@@ -105,20 +157,40 @@ class _Deferral:
 
 class CheckState:
     """What a session carries from one check to the next (Postfix keeps these in its session
-    state): the defer_if_permit raised by each stage, and DISCARD."""
+    state): the defer_if_permit raised by each stage, DISCARD, and the access actions that
+    change the message (HOLD, PREPEND, REDIRECT, BCC, FILTER), which the session carries out
+    when it queues the message. end_of_data: the end-of-data restrictions are running (PREPEND
+    comes too late there)."""
 
     __slots__ = ("defer_if_permit_client", "defer_if_permit_helo", "defer_if_permit_sender",
-                 "discard")
+                 "discard", "hold", "prepend", "redirect", "bcc", "filter", "end_of_data")
 
     def __init__(self) -> None:
         self.defer_if_permit_client: _Deferral | None = None
         self.defer_if_permit_helo: _Deferral | None = None
         self.defer_if_permit_sender: _Deferral | None = None
         self.discard: str | None = None
+        self.reset_message_actions()
+
+    def reset_message_actions(self) -> None:
+        self.hold = False
+        self.prepend: list[str] = []  # header lines, in the order the actions fired
+        self.redirect: str | None = None  # the last REDIRECT wins
+        self.bcc: list[str] = []  # every BCC adds a recipient
+        self.filter: str | None = None  # transport:nexthop; the last FILTER wins
+        self.end_of_data = False
 
     def reset_transaction(self) -> None:
         self.defer_if_permit_sender = None
         self.discard = None
+        self.reset_message_actions()
+
+    def snapshot(self) -> list:
+        return [copy.copy(getattr(self, name)) for name in self.__slots__]
+
+    def restore(self, saved: list) -> None:
+        for name, value in zip(self.__slots__, saved):
+            setattr(self, name, value)
 
 
 class Verdict:
@@ -126,11 +198,13 @@ class Verdict:
     "reject", "reject_warning", "warn", "info", "discard" or "warning" (a configuration
     problem, written as "warning: text")."""
 
-    __slots__ = ("reply", "events")
+    __slots__ = ("reply", "events", "pending")
 
     def __init__(self) -> None:
         self.reply: str | None = None
         self.events: list[tuple[str, str]] = []
+        # Questions to answer before the check can decide (lookups.py); None when it decided.
+        self.pending: list[tuple] | None = None
 
 
 class _Run:
@@ -223,13 +297,15 @@ class _Run:
                             f'restriction "{name}"')
                         break
                     lowered, position = default_access, position - 1
-                if lowered in TABLE_RESTRICTIONS:
-                    table = words[position] if position < len(words) else None
+                if lowered in ARGUMENT_RESTRICTIONS:
+                    argument = words[position] if position < len(words) else None
                     position += 1
-                    if table is None:
-                        status = self.server_error(f"restriction {lowered} requires a table argument")
+                    if argument is None:
+                        status = self.server_error(f"restriction {lowered} requires an argument")
+                    elif lowered in TABLE_RESTRICTIONS:
+                        status = self.table_restriction(lowered, argument, reply_class, default_access)
                     else:
-                        status = self.table_restriction(lowered, table, reply_class, default_access)
+                        status = self.asking(lowered, argument, reply_name, reply_class, default_access)
                 else:
                     status = self.simple(lowered, name, reply_name, reply_class, default_access,
                                          more=position < len(words))
@@ -295,6 +371,10 @@ class _Run:
                                    f"<{internal_form(recipient)}>: Relay access denied")
             return self.reject(owner.relay_domains_reject_code - 100, "4.7.1",
                                f"<{internal_form(recipient)}>: Relay access denied")
+        if lowered in UNKNOWN_RESTRICTIONS:
+            return self.check_unknown(lowered)
+        if lowered in CERTIFICATE_RESTRICTIONS:
+            return self.check_client_certificate(lowered == "permit_tls_all_clientcerts")
         words = owner.classes.get(lowered)
         if words is not None:
             return self.run_list(words, reply_name, reply_class, default_access)
@@ -368,6 +448,330 @@ class _Run:
                                f"<{internal_form(address)}>: {reply_class} rejected: need fully-qualified address")
         return DUNNO
 
+    # ---- names the DNS must know --------------------------------------------------------------
+
+    def tempfail(self, action: str, dsn: str, text: str) -> int:
+        """A DNS lookup that failed for now: defer_if_permit, or defer at once."""
+        if action == "defer":
+            return self.reject(450, dsn, text)
+        return self.set_defer_if_permit(450, dsn, text)
+
+    def check_unknown(self, restriction: str) -> int:
+        owner = self.owner
+        request = self.request
+        if restriction in ("reject_unknown_client_hostname", "reject_unknown_client"):
+            status = request.client_name_status
+            if status != "ok":
+                code = owner.unknown_client_reject_code if status == "permanent" else 450
+                return self.reject(code, "4.7.25", "Client host rejected: cannot find your hostname, "
+                                                   f"[{request.client_addr}]")
+            return DUNNO
+        if restriction == "reject_unknown_reverse_client_hostname":
+            status = request.reverse_client_name_status
+            if status != "ok":
+                code = owner.unknown_client_reject_code if status == "permanent" else 450
+                return self.reject(code, "4.7.1", "Client host rejected: cannot find your reverse "
+                                                  f"hostname, [{request.client_addr}]")
+            return DUNNO
+        if restriction in ("reject_unknown_helo_hostname", "reject_unknown_hostname"):
+            helo = request.helo
+            if not helo or helo.startswith("["):
+                return DUNNO
+            # Any address or MX record will do; a null MX is allowed for an MTA's name.
+            found = self.name_exists(helo, (A, AAAA, MX))
+            if found == "temporary":
+                return self.tempfail(owner.unknown_helo_hostname_tempfail_action, "4.7.1",
+                                     f"<{helo}>: {HELO} rejected: Host not found")
+            if found == "no":
+                return self.reject(owner.unknown_hostname_reject_code, "4.7.1",
+                                   f"<{helo}>: {HELO} rejected: Host not found")
+            return DUNNO
+        sender_check = restriction == "reject_unknown_sender_domain"
+        address = request.sender if sender_check else request.recipient
+        if not address:
+            return DUNNO
+        reply_class = SENDER if sender_check else RECIPIENT
+        reply_name = internal_form(address)
+        resolved = owner.resolve(address)
+        if resolved.address_class in ("local", "virtual"):
+            return DUNNO
+        domain = resolved.address[find_unquoted(resolved.address, "@", last=True) + 1:]
+        if not domain or domain.startswith("["):
+            return DUNNO
+        found = self.name_exists(domain, (MX, A, AAAA))
+        dsn = "4.1.8" if sender_check else "4.1.2"
+        if found == "nullmx":
+            return self.reject(550 if sender_check else 556, "4.7.27" if sender_check else "4.1.10",
+                               f"<{reply_name}>: {reply_class} rejected: Domain {domain} does not "
+                               "accept mail (nullMX)")
+        if found == "temporary":
+            return self.tempfail(owner.unknown_address_tempfail_action, dsn,
+                                 f"<{reply_name}>: {reply_class} rejected: Domain not found")
+        if found == "no":
+            return self.reject(owner.unknown_address_reject_code, dsn,
+                               f"<{reply_name}>: {reply_class} rejected: Domain not found")
+        return DUNNO
+
+    def name_exists(self, name: str, types: tuple[int, ...]) -> str:
+        """"yes", "no", "nullmx" or "temporary": the record types are asked in order and the
+        first that has records decides. Only a failure that no later type overrides counts."""
+        answers = self.request.answers
+        failed = False
+        for rdtype in types:
+            try:
+                records = answers.records(name, rdtype)
+            except DnsError as error:
+                if not error.temporary:
+                    return "no"  # a malformed name
+                failed = True
+                continue
+            if isinstance(records, Negative):
+                if records.nxdomain:
+                    break
+                continue
+            if rdtype == MX and all(not host for _, host in records):
+                return "nullmx"
+            return "yes"
+        return "temporary" if failed else "no"
+
+    def check_client_certificate(self, any_trusted: bool) -> int:
+        tls = self.request.tls
+        if tls is None or not tls.peer_fingerprint:
+            return DUNNO
+        if any_trusted:
+            return OK
+        maps = self.owner.relay_clientcerts
+        if maps is None:
+            return DUNNO
+        try:
+            found = maps.find([tls.peer_fingerprint])
+        except TableTemporaryError as error:
+            self.verdict.events.append(("warning", str(error)))
+            return self.reject(451, "4.3.0", f"<{self.request.client_label}>: Temporary lookup failure",
+                               policy=False)
+        except TableError as error:
+            return self.server_error(str(error))
+        return OK if found is not None else DUNNO
+
+    # ---- restrictions with an argument that ask the DNS or a policy server --------------------
+
+    def asking(self, restriction: str, argument: str, reply_name: str, reply_class: str,
+               default_access: str | None) -> int:
+        if restriction in DNSXL_RESTRICTIONS:
+            return self.dns_list(restriction, argument)
+        if restriction in SERVER_ACCESS_RESTRICTIONS:
+            return self.server_access(restriction, argument, default_access)
+        return self.policy(argument, reply_name, reply_class, default_access)
+
+    def dns_list(self, restriction: str, argument: str) -> int:
+        owner = self.owner
+        request = self.request
+        what, allow = DNSXL_RESTRICTIONS[restriction]
+        domain, reply_filter = owner.dns_lists[argument]
+        if what == "client":
+            subject = request.client_addr
+            query = lookups.reversed_address_name(subject, domain)
+            reply_class = CLIENT
+        else:
+            if what in ("client_name", "reverse_client_name"):
+                subject = request.client_name if what == "client_name" else request.reverse_client_name
+                if subject.lower() == "unknown":
+                    return DUNNO
+                reply_class = CLIENT
+            elif what == "helo":
+                subject = request.helo
+                reply_class = HELO
+            else:
+                subject = request.sender if what == "sender" else request.recipient
+                reply_class = SENDER if what == "sender" else RECIPIENT
+            if not subject:
+                return DUNNO
+            query = lookups.domain_list_name(subject, domain)
+            if query is None or not valid_hostname(query[:-len(domain) - 1], False):
+                return DUNNO
+        if allow and request.recipient is not None and not owner.authorized_destination(request.recipient):
+            return DUNNO  # an allow list never lets a client relay
+        try:
+            addresses, text = lookups.listed(request.answers, query, reply_filter)
+        except DnsError as error:
+            if allow:
+                return self.set_defer_if_reject(450, "4.7.1", f"<{subject}>: {reply_class} rejected: "
+                                                              "Service unavailable")
+            self.verdict.events.append(("warning", f"{query}: RBL lookup error: {error.reason}"))
+            return DUNNO
+        if addresses is None:
+            return DUNNO
+        if allow:
+            return OK
+        return self.dns_list_reply(argument, domain, subject, reply_class, text)
+
+    def dns_list_reply(self, argument: str, domain: str, subject: str, reply_class: str,
+                       reason: str) -> int:
+        owner = self.owner
+        template = None
+        if owner.rbl_reply_maps is not None:
+            try:
+                template = owner.rbl_reply_maps.find([argument.lower()])
+                if template is None and argument != domain:
+                    template = owner.rbl_reply_maps.find([domain.lower()])
+            except TableError as error:
+                return self.server_error(str(error))
+        names = {"rbl_code": str(owner.maps_rbl_reject_code), "rbl_domain": domain,
+                 "rbl_reason": reason, "rbl_txt": reason, "rbl_what": subject, "rbl_class": reply_class}
+        reply = None
+        for candidate in (template, owner.default_rbl_reply):
+            if candidate is None:
+                continue
+            try:
+                reply = expand(candidate, _ReplyNames(names, self.request))
+                break
+            except ExpansionError:
+                self.verdict.events.append(("warning", f"bad rbl reply template for domain {argument}: "
+                                                       f"{candidate}"))
+        if reply is None or len(reply) < 4 or reply[0] not in "45" or not reply[1:3].isdigit() or reply[3] != " ":
+            self.verdict.events.append(("warning", f"rbl response code configuration error: {reply}"))
+            return self.reject(450, "4.7.1", "Service unavailable")
+        dsn, text = access.dsn_split("4.7.1", reply[4:])
+        return self.reject(int(reply[:3]), access.dsn_fix(dsn, reply_class), text or "Service unavailable")
+
+    def server_access(self, restriction: str, spec: str, default_access: str | None) -> int:
+        """check_*_mx_access, _ns_access, _a_access: the table is searched with the names of the
+        domain's mail exchangers or name servers (or the host itself), then their addresses."""
+        owner = self.owner
+        request = self.request
+        what, rdtype = SERVER_ACCESS_RESTRICTIONS[restriction]
+        if what in ("client", "reverse_client"):
+            name = request.client_name if what == "client" else request.reverse_client_name
+            if name.lower() == "unknown":
+                return DUNNO
+            reply_name, reply_class = request.client_label, CLIENT
+        elif what == "helo":
+            name = request.helo
+            reply_name, reply_class = name, HELO
+        else:
+            name = request.sender if what == "sender" else request.recipient
+            reply_class = SENDER if what == "sender" else RECIPIENT
+            reply_name = internal_form(name) if name else name
+        if not name:
+            return DUNNO
+        domain = name[find_unquoted(name, "@", last=True) + 1:] if "@" in name else name
+        maps = owner.tables[spec]
+        answers = request.answers
+        if domain.startswith("["):
+            literal = _literal_address(domain)
+            if rdtype == NS or literal is None:
+                return DUNNO
+            return self.search_keys(maps, spec, [access.network_keys(literal)], reply_name, reply_class,
+                                    default_access)
+        try:
+            ascii_name = domain if domain.isascii() else domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return DUNNO
+        if rdtype == A:
+            servers = [ascii_name]
+        else:
+            servers = self.server_names(ascii_name, rdtype, name)
+            if servers is None:
+                return DUNNO
+        family_types = [t for t, family in ((A, "ipv4"), (AAAA, "ipv6")) if family in owner.inet_protocols]
+        # Every server's addresses at once: the names are searched first, in order, but the
+        # addresses can be asked for together.
+        wanted = [(server, t) for server in servers if not access.is_host_address(server)
+                  for t in family_types]
+        found = dict(zip(wanted, answers.record_sets(wanted))) if wanted else {}
+        counted = 0
+        for server in servers:
+            if access.is_host_address(server):
+                status = self.search_keys(maps, spec, [access.network_keys(server)], reply_name,
+                                          reply_class, default_access)
+                if status is not None:
+                    return status
+                continue
+            if rdtype != A:
+                status = self.search_keys(maps, spec, [access.domain_keys(server, owner.parent_style)],
+                                          reply_name, reply_class, default_access)
+                if status is not None:
+                    return status
+            for t in family_types:
+                records = found[(server, t)]
+                if isinstance(records, (Negative, DnsError)):
+                    continue
+                for address in records:
+                    counted += 1
+                    if counted > SERVER_ADDRESS_LIMIT:
+                        self.verdict.events.append(("warning", f"{restriction}: server address count "
+                                                    f"limit ({SERVER_ADDRESS_LIMIT}) exceeded for "
+                                                    f"{reply_class} {reply_name} -- ignoring the remainder"))
+                        return DUNNO
+                    status = self.search_keys(maps, spec, [access.network_keys(address)], reply_name,
+                                              reply_class, default_access)
+                    if status is not None:
+                        return status
+        return DUNNO
+
+    def server_names(self, domain: str, rdtype: int, name: str) -> list[str] | None:
+        """The MX or NS host names of a domain, as Postfix finds them: a domain without MX
+        records is its own mail exchanger; one without NS records has its parents' servers."""
+        answers = self.request.answers
+        type_name = "MX" if rdtype == MX else "NS"
+        zone = domain
+        while True:
+            try:
+                records = answers.records(zone, rdtype)
+            except DnsError as error:
+                self.verdict.events.append(("warning", f"Unable to look up {type_name} host for "
+                                                       f"{zone}: {error.reason}"))
+                return None
+            if not isinstance(records, Negative):
+                break
+            if rdtype == MX:
+                return [domain]
+            dot = zone.find(".")
+            if dot < 0 or not zone[dot + 1:]:
+                self.verdict.events.append(("warning", f"Unable to look up NS host for {name}: "
+                                                       "no NS records"))
+                return None
+            zone = zone[dot + 1:]
+        if rdtype == MX:
+            hosts = [host for _, host in sorted(records)]
+            if not any(hosts):
+                return None  # null MX
+            return [host for host in hosts if host]
+        return list(records)
+
+    def search_keys(self, maps, spec: str, searches: list[list[str]], reply_name: str, reply_class: str,
+                    default_access: str | None) -> int | None:
+        """A table result for the first key found (its status), or None when no key is."""
+        try:
+            for keys in searches:
+                found = maps.search(keys) if keys else None
+                if found is not None:
+                    return self.table_result(spec, found[1], reply_name, reply_class, default_access)
+        except TableTemporaryError as error:
+            self.verdict.events.append(("warning", str(error)))
+            return self.reject(451, "4.3.0", f"<{reply_name}>: Temporary lookup failure", policy=False)
+        except TableError as error:
+            return self.server_error(str(error))
+        return None
+
+    def policy(self, spec: str, reply_name: str, reply_class: str, default_access: str | None) -> int:
+        """check_policy_service: the server's action is read as an access table's."""
+        request = self.request
+        attributes = request.policy_attributes()
+        attributes["sender"] = request.sender or ""
+        attributes["recipient"] = request.recipient or ""
+        attributes["helo_name"] = request.helo or ""
+        attributes["policy_context"] = self.owner.policy_services[spec].policy_context
+        action = request.answers.policy(spec, request_text(attributes))
+        if self.owner.smtputf8_enable and not action.isascii():
+            try:
+                action.encode("utf-8")
+            except UnicodeEncodeError:
+                self.verdict.events.append(("warning", f"malformed UTF-8 in policy server {spec} "
+                                                       f"response: \"{action}\""))
+                action = self.owner.policy_services[spec].default_action
+        return self.table_result(spec, action, reply_name, reply_class, default_access)
+
     # ---- access tables ----------------------------------------------------------------------
 
     def table_restriction(self, restriction: str, spec: str, reply_class: str,
@@ -437,11 +841,59 @@ class _Run:
         if kind in ("warn", "info"):
             self.verdict.events.append((kind, action.text))
             return DUNNO
-        if kind == "discard":
-            self.verdict.events.append(("discard", f"<{reply_name}>: {reply_class} "
-                                        f"{action.text or 'triggers DISCARD action'}"))
-            self.state.discard = action.text or "triggers DISCARD action"
-            return OK
+        if kind == "discard" or kind in access.MESSAGE_ACTIONS.values():
+            # Actions carried out when the message is queued. With smtpd_delay_reject = no the
+            # client and HELO restrictions run before any MAIL FROM: no message to act on.
+            events = self.verdict.events
+            name = kind.upper()
+            text = action.text
+            if self.request.sender is None:
+                events.append(("warning", f"access table {spec}: with smtpd_delay_reject=no, action "
+                                          f"{name} is always skipped in {CLIENT} or {HELO} restrictions"))
+                return DUNNO
+            state = self.state
+            if kind == "discard":
+                events.append(("discard", f"<{reply_name}>: {reply_class} {text or 'triggers DISCARD action'}"))
+                state.discard = text or "triggers DISCARD action"
+                return OK
+            if kind == "hold":
+                if not state.hold:  # logged once per message
+                    events.append(("hold", f"<{reply_name}>: {reply_class} {text or 'triggers HOLD action'}"))
+                    state.hold = True
+                return DUNNO
+            # What the table entry was looked up under, as the warnings name it.
+            if spec in owner.policy_services and spec not in owner.tables:
+                entry = "policy query"
+            else:
+                entry = self.request.client_addr if reply_class == CLIENT else reply_name
+            if kind == "prepend":
+                if state.end_of_data:
+                    events.append(("warning", f"access table {spec}: action PREPEND must be used before "
+                                              "smtpd_end_of_data_restrictions"))
+                elif not access.is_header(text):
+                    events.append(("warning", f'access table {spec} entry "{entry}" requires header: text'))
+                else:
+                    state.prepend.append(text)
+                return DUNNO
+            if kind == "filter" and not text:
+                problem = "has FILTER entry without value"
+            elif kind == "filter" and ":" not in text:
+                problem = "requires transport:destination"
+            elif kind != "filter" and "@" not in text:
+                problem = "requires user@domain target"
+            else:
+                problem = None
+            if problem is not None:
+                events.append(("warning", f'access table {spec} entry "{entry}" {problem}'))
+                return DUNNO
+            events.append((kind, f"<{reply_name}>: {reply_class} triggers {name} {text}"))
+            if kind == "filter":
+                state.filter = text
+            elif kind == "redirect":
+                state.redirect = text
+            else:
+                state.bcc.append(text)
+            return DUNNO
         if kind == "unsupported":
             return self.server_error(f"access table {spec}: action {action.text} is not supported")
         if any(":" in word for word in action.words):
@@ -461,6 +913,45 @@ def internal_form(address: str) -> str:
     if at < 0:
         return unquote_local(address)
     return f"{unquote_local(address[:at])}@{address[at + 1:]}"
+
+
+class _ReplyNames:
+    """The names a DNS list's reply template may use: $rbl_* and the request's own, with
+    client-supplied text reduced to printable ASCII."""
+
+    def __init__(self, names: dict[str, str], request: Request) -> None:
+        sender = request.sender or ""
+        recipient = request.recipient or ""
+        self.names = dict(names)
+        self.names.update(
+            client_address=request.client_addr, client_name=request.client_name,
+            reverse_client_name=request.reverse_client_name, helo_name=request.helo or "",
+            sender=sender, sender_name=sender.rpartition("@")[0] if "@" in sender else sender,
+            sender_domain=sender.rpartition("@")[2] if "@" in sender else "",
+            recipient=recipient,
+            recipient_name=recipient.rpartition("@")[0] if "@" in recipient else recipient,
+            recipient_domain=recipient.rpartition("@")[2] if "@" in recipient else "")
+        for name, value in self.names.items():
+            if not (value.isascii() and value.isprintable()):
+                self.names[name] = "".join(c if c.isascii() and c.isprintable() else "_" for c in value)
+
+    def raw_value(self, name: str) -> str | None:
+        return self.names.get(name)
+
+    expanded_value = raw_value
+
+    def undefined(self, name: str) -> None:
+        pass
+
+
+def _literal_address(text: str) -> str | None:
+    """The address inside [1.2.3.4] or [IPv6:...], None when it is not one."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    inner = text[1:-1]
+    if inner[:5].lower() == "ipv6:":
+        inner = inner[5:]
+    return inner if access.is_host_address(inner) else None
 
 
 def _truncate_dot(name: str) -> str:
@@ -502,6 +993,16 @@ class Restrictions:
         self.relay_domains_reject_code: int = get("relay_domains_reject_code")
         self.non_fqdn_reject_code: int = get("non_fqdn_reject_code")
         self.invalid_hostname_reject_code: int = get("invalid_hostname_reject_code")
+        self.unknown_address_reject_code: int = get("unknown_address_reject_code")
+        self.unknown_client_reject_code: int = get("unknown_client_reject_code")
+        self.unknown_hostname_reject_code: int = get("unknown_hostname_reject_code")
+        self.unknown_address_tempfail_action: str = get("unknown_address_tempfail_action")
+        self.unknown_helo_hostname_tempfail_action: str = get("unknown_helo_hostname_tempfail_action")
+        self.maps_rbl_reject_code: int = get("maps_rbl_reject_code")
+        self.default_rbl_reply: str = get("default_rbl_reply")
+        self.inet_protocols = {word.lower() for word in get("inet_protocols")}
+        if "all" in self.inet_protocols:
+            self.inet_protocols = {"ipv4", "ipv6"}
         self.null_access_lookup_key: str = get("smtpd_null_access_lookup_key")
         self.allow_untrusted_routing: bool = get("allow_untrusted_routing")
         self.resolve_dequoted_address: bool = get("resolve_dequoted_address")
@@ -521,8 +1022,20 @@ class Restrictions:
         self._options = TableOptions(smtputf8_enable=self.smtputf8_enable,
                                      config_directory=config.config_dir or "", duplicates_fail=True)
         self._warn = warn
+        self.warn = warn  # where a policy client's complaints go (the worker's log)
         self.tables: dict[str, Maps] = {}
         self.classes: dict[str, list[str]] = {}
+        # DNS lists by their argument (domain=filter), policy services by theirs.
+        self.dns_lists: dict[str, tuple[str, lookups.ReplyFilter | None]] = {}
+        self.policy_services = {}
+        self._policy_clients: dict[str, PolicyClient] = {}
+        self._queue_directory: str = get("queue_directory")
+        self._get = get
+        # Whether a check may have to wait for the DNS or a policy server. An access table's
+        # answer may name any restriction, so a list with a table counts as one that may ask.
+        self.may_ask = False
+        self.rbl_reply_maps = self._optional_maps(config, "rbl_reply_maps")
+        self.relay_clientcerts = self._optional_maps(config, "relay_clientcerts")
         try:
             self.virtual_alias_domains = DomainList("virtual_alias_domains",
                                                     get("virtual_alias_domains"), "exact")
@@ -574,15 +1087,63 @@ class Restrictions:
                                       "check_client_access, check_helo_access, check_sender_access "
                                       "or check_recipient_access before it")
                 self._open(parameter, word)
-            elif lowered in TABLE_RESTRICTIONS:
-                if position >= len(words) or ":" not in words[position]:
-                    raise ConfigError(self.main_cf, None, f"{parameter}: {word} must be followed by "
-                                      "a table (type:name)")
-                self._open(parameter, words[position])
+                self.may_ask = True
+            elif lowered in ARGUMENT_RESTRICTIONS:
+                self._compile_argument(parameter, lowered, words[position] if position < len(words) else None)
                 position += 1
             elif lowered not in SIMPLE_RESTRICTIONS and lowered not in self.classes:
                 raise ConfigError(self.main_cf, None, f'{parameter}: unknown restriction "{word}"')
+            elif lowered in ASKING_RESTRICTIONS:
+                self.may_ask = True
         return words
+
+    def _optional_maps(self, config, parameter: str) -> Maps | None:
+        specs = [spec for spec in config.get(parameter) if spec]
+        if not specs:
+            return None
+        try:
+            return Maps(parameter, specs, lambda spec: open_table(spec, self._options), self._warn)
+        except TableError as error:
+            raise ConfigError(self.main_cf, None, f"{parameter}: {error}") from None
+
+    def _compile_argument(self, parameter: str, restriction: str, argument: str | None) -> None:
+        if argument is None:
+            raise ConfigError(self.main_cf, None, f"{parameter}: {restriction} must be followed by "
+                              + ("a table (type:name)" if restriction in TABLE_RESTRICTIONS
+                                 or restriction in SERVER_ACCESS_RESTRICTIONS
+                                 else "a policy service" if restriction == POLICY_RESTRICTION
+                                 else "a DNS list domain"))
+        if restriction in ASKING_RESTRICTIONS:
+            self.may_ask = True
+        if restriction in TABLE_RESTRICTIONS or restriction in SERVER_ACCESS_RESTRICTIONS:
+            if ":" not in argument:
+                raise ConfigError(self.main_cf, None, f"{parameter}: {restriction} must be followed "
+                                  f'by a table (type:name), not "{argument}"')
+            self._open(parameter, argument)
+            self.may_ask = True
+        elif restriction == POLICY_RESTRICTION:
+            try:
+                self.policy_services[argument] = parse_policy_service(argument, self._get,
+                                                                      self._queue_directory)
+            except ValueError as error:
+                raise ConfigError(self.main_cf, None, f"{parameter}: {restriction} {error}") from None
+        else:
+            try:
+                self.dns_lists[argument] = lookups.split_dnsxl(argument)
+            except ValueError as error:
+                raise ConfigError(self.main_cf, None, f"{parameter}: {restriction} {error}") from None
+
+    def policy_client(self, spec: str) -> PolicyClient:
+        """The worker's client of one policy service, made on first use (after the fork)."""
+        client = self._policy_clients.get(spec)
+        if client is None:
+            client = self._policy_clients[spec] = PolicyClient(self.policy_services[spec], self.warn)
+        return client
+
+    def close_policy_clients(self) -> None:
+        for client in self._policy_clients.values():
+            client.close()
+        self._policy_clients.clear()
 
     def _open(self, parameter: str, spec: str) -> None:
         if spec in self.tables:
@@ -779,7 +1340,25 @@ class Restrictions:
         run.finish(status)
         return run.verdict
 
+    def evaluate(self, check, request: Request, state: CheckState) -> Verdict:
+        """check(request, state), or a Verdict whose pending names the questions to answer
+        before the check is evaluated again; state is then as it was before."""
+        if request.answers is None:
+            return check(request, state)
+        saved = state.snapshot()
+        try:
+            return check(request, state)
+        except Pending as pending:
+            state.restore(saved)
+            verdict = Verdict()
+            verdict.pending = pending.questions
+            return verdict
+
     def close(self) -> None:
+        self.close_policy_clients()
+        for maps in (self.rbl_reply_maps, self.relay_clientcerts):
+            if maps is not None:
+                maps.close()
         for maps in self.tables.values():
             maps.close()
         if self.sender_login_maps is not None:

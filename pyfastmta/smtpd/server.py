@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import resource
+import time
 
 from pyfastmta.dns import DnsResolver
 from pyfastmta.dns.resolver import configured_nameservers
@@ -12,6 +14,12 @@ from pyfastmta.smtpd.session import SmtpSession
 from pyfastmta.smtpd.settings import SmtpdSettings
 
 
+# Descriptors a worker keeps for everything but client connections.
+SPARE_DESCRIPTORS = 128
+# Seconds between two warnings that a worker is overloaded.
+STRESS_WARNING_INTERVAL = 60.0
+
+
 class SmtpServer:
     def __init__(self, loop, partition, maillog, delivery=None, client_events=None):
         self.loop = loop
@@ -19,6 +27,7 @@ class SmtpServer:
         self.maillog = maillog
         self.delivery = delivery  # the worker's DeliveryService: woken for each queued message
         self.peernames: PeernameCache | None = None
+        self.resolver: DnsResolver | None = None
         self.client_events = client_events
         self._service_settings: dict[str, SmtpdSettings] = {}
         self.sessions: set[SmtpSession] = set()
@@ -26,6 +35,13 @@ class SmtpServer:
         self.session_count = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Sessions are bounded by the open-file limit (the master raises it to the hard limit):
+        # a few descriptors stay for queue files, DNS and policy servers. Past 80% of the
+        # bound, new sessions get Postfix's stress values; at the bound, new clients hear 421.
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.session_limit = max(16, soft - SPARE_DESCRIPTORS) if soft != resource.RLIM_INFINITY else 1 << 20
+        self.stress_threshold = self.session_limit * 4 // 5
+        self._stress_noted = 0.0
 
     def log(self, program: str, text: str) -> None:
         self.maillog.log(program, text)
@@ -44,13 +60,34 @@ class SmtpServer:
         if previous is not None:
             previous.sasl.close()  # a reload: the old backend's connection goes
         self._service_settings[service] = settings
-        self.peernames = PeernameCache(DnsResolver(configured_nameservers(config),
-                                                   inet_protocols=",".join(config.get("inet_protocols"))))
+        # One resolver (and one DNS cache) for client names and the restriction lists' lookups.
+        self.resolver = DnsResolver(configured_nameservers(config),
+                                    inet_protocols=",".join(config.get("inet_protocols")))
+        self.peernames = PeernameCache(self.resolver)
+        settings.restrictions.warn = lambda text: self.log("smtpd", f"warning: {text}")
+        if previous is not None:
+            previous.restrictions.close_policy_clients()
+
+        stressed = settings.under_stress(config)
 
         def make_session() -> SmtpSession:
+            if len(self.sessions) >= self.stress_threshold:
+                self._note_stress(service)
+                return SmtpSession(self, stressed)
             return SmtpSession(self, settings)
 
         return make_session
+
+    def _note_stress(self, service: str) -> None:
+        now = time.monotonic()
+        if now - self._stress_noted >= STRESS_WARNING_INTERVAL:
+            self._stress_noted = now
+            self.log("smtpd", f'warning: service "{service}": {len(self.sessions)} sessions of at '
+                              f"most {self.session_limit} in this worker: new sessions run with "
+                              "stress=yes (short timeouts)")
+
+    def overloaded(self) -> bool:
+        return len(self.sessions) >= self.session_limit
 
     def session_started(self, session: SmtpSession) -> None:
         self.sessions.add(session)

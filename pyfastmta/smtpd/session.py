@@ -10,16 +10,20 @@ commands that followed the message (pipelined in the same read) processed.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 
 from pyfastmta._ext.smtpproto import SmtpServerParser, parse_path_argument
+from pyfastmta.cleanup import actions as message_actions
 from pyfastmta.cleanup.message import Rejected, clean_message
 from pyfastmta.cleanup.rewrite import AliasExpansionError
 from pyfastmta.queue.envelope import Envelope, Recipient
 from pyfastmta.smtpd.dsnparams import DsnParameterError, parse_envid, parse_notify, parse_orcpt, parse_ret
 from pyfastmta.smtpd.restrictions import CheckState, Request, Verdict
 from pyfastmta.smtpd.tls import TlsInfo
+from pyfastmta.smtpd.peername import UNKNOWN as UNKNOWN_NAMES
+from pyfastmta.smtpd.lookups import Answers
 from pyfastmta.smtpd import auth
 
 _COMMAND_NAMES = {
@@ -63,6 +67,7 @@ class SmtpSession(asyncio.Protocol):
         self.client_addr = ""
         self.client_port = 0
         self.client_name = "unknown"
+        self.client_names = UNKNOWN_NAMES  # the name, the PTR name and their status (peername.py)
         self.helo_name: str | None = None
         self.esmtp = False
         self.in_mynetworks = False
@@ -71,8 +76,11 @@ class SmtpSession(asyncio.Protocol):
         self.junk_commands = 0
         self.command_stats: dict[str, list[int]] = {}
         self.last_command = "CONNECT"
+        self.transactions = 0  # MAIL commands accepted (the policy protocol's instance)
         self.closing = False
-        self.greeted = False
+        self.greeted = False  # the greeting went out: commands are read
+        self._connect_logged = False
+        self._check_task = None  # a restriction check waiting for the DNS or a policy server
         self._early_data: list[bytes] = []
         self._timer = None
         self._last_activity = 0.0
@@ -124,6 +132,13 @@ class SmtpSession(asyncio.Protocol):
             addr = addr[7:]
         self.client_addr = addr
         self.client_port = peer[1] if peer else 0
+        if self.server.overloaded():
+            # No room for one more session: a clean 421 now rather than a dropped connection.
+            self.server.log("smtpd", f"warning: too many sessions ({self.server.session_limit}); "
+                                     f"refusing the connection from [{addr}]")
+            transport.write(f"421 4.3.2 {self.settings.myhostname} All server ports are busy\r\n".encode())
+            transport.close()
+            return
         settings = self.settings
         self.in_mynetworks, loopback = settings.classify_client(addr)
         self.local_client = self._is_local_client(loopback)
@@ -136,33 +151,48 @@ class SmtpSession(asyncio.Protocol):
             transport.pause_reading()
             self._tls_task = self.server.loop.create_task(self._start_tls(wrapper=True))
             return
-        name = self.server.peernames.cached(addr) if settings.peername_lookup else "unknown"
-        if name is None:
+        names = self.server.peernames.cached(addr) if settings.peername_lookup else UNKNOWN_NAMES
+        if names is None:
             self.server.loop.create_task(self._lookup_then_greet(addr))
         else:
-            self._greet(name)
+            self._greet(names)
 
     async def _lookup_then_greet(self, addr: str) -> None:
-        name = await self.server.peernames.lookup(addr)
+        names = await self.server.peernames.lookup(addr)
         if self.transport is not None and not self.transport.is_closing():
-            self._greet(name)
+            self._greet(names)
 
-    def _greet(self, name: str) -> None:
-        self.client_name = name
-        self.greeted = True
+    def _greet(self, names) -> None:
+        self.client_names = names
+        self.client_name = names.name
+        self._connect_logged = True
         self.server.log("smtpd", f"connect from {self.client_label}")
         if self._early_data:
             self.illegal_pipelining = True  # the client spoke before the greeting
         if self._limits_refuse_connection():
             return
-        if not self._connect_allowed():
-            self.transport.write(self.access_denied.encode() + b"\r\n")
+        restrictions = self.settings.restrictions
+        if restrictions.delay_reject:
+            self._connect_checked(None)
+        else:
+            self._decide("CONNECT", self._request("CONNECT"), restrictions.check_client,
+                         self._connect_checked)
+
+    def _connect_checked(self, refused: str | None) -> bool:
+        """smtpd_client_restrictions at connect (smtpd_delay_reject = no): the greeting, or the
+        refusal that every command but QUIT will get."""
+        self.greeted = True
+        if refused is not None:
+            self.access_denied = refused
+            self.error_count += 1
+            self.transport.write(refused.encode() + b"\r\n")
         else:
             self.transport.write(self.settings.banner)
         if self._early_data:
             data = b"".join(self._early_data)
             self._early_data.clear()
             self.data_received(data)
+        return False
 
     @property
     def client_label(self) -> str:
@@ -190,7 +220,10 @@ class SmtpSession(asyncio.Protocol):
         if self._sasl_task is not None:
             self._sasl_task.cancel()  # an AUTH exchange waiting for this client's next line
             self._sasl_task = None
-        if self.greeted:
+        if self._check_task is not None:
+            self._check_task.cancel()  # nobody is left to hear the answer
+            self._check_task = None
+        if self._connect_logged:
             self.server.log("smtpd", f"disconnect from {self.client_label}{self._stats_text()}")
         if self._limits_counted:
             self.settings.limits.disconnect(self.client_addr)
@@ -286,7 +319,7 @@ class SmtpSession(asyncio.Protocol):
             self.last_command = "UNKNOWN"
             if not verb:
                 return self._error("unknown", "500 5.5.2 Error: bad syntax")
-            return self._error("unknown", "502 5.5.2 Error: command not recognized")
+            return self._error("unknown", "500 5.5.2 Error: command not recognized")
         self.last_command = verb.decode("ascii")
         if self.server.stopping and not self.in_transaction:
             self.reply(f"421 4.3.2 {self.settings.myhostname} Service shutting down, closing transmission channel")
@@ -323,11 +356,14 @@ class SmtpSession(asyncio.Protocol):
     def smtp_ehlo(self, arg: bytes):
         if not arg:
             return self._error("ehlo", "501 Syntax: EHLO hostname")
-        refused = self._check_helo_now(printable(arg))
+        helo = printable(arg)
+        return self._check_helo_now(helo, lambda refused: self._ehlo_checked(helo, refused))
+
+    def _ehlo_checked(self, helo: str, refused: str | None):
         if refused is not None:
             return self._error("ehlo", refused)
         self._reset_transaction()
-        self.helo_name = printable(arg)
+        self.helo_name = helo
         self.esmtp = True
         self._count("ehlo", True)
         return auth.ehlo_reply(self, self.settings.ehlo_reply if self.tls is not None
@@ -336,11 +372,14 @@ class SmtpSession(asyncio.Protocol):
     def smtp_helo(self, arg: bytes):
         if not arg:
             return self._error("helo", "501 Syntax: HELO hostname")
-        refused = self._check_helo_now(printable(arg))
+        helo = printable(arg)
+        return self._check_helo_now(helo, lambda refused: self._helo_checked(helo, refused))
+
+    def _helo_checked(self, helo: str, refused: str | None):
         if refused is not None:
             return self._error("helo", refused)
         self._reset_transaction()
-        self.helo_name = printable(arg)
+        self.helo_name = helo
         self.esmtp = False
         self._count("helo", True)
         self.reply(f"250 {self.settings.myhostname}")
@@ -391,18 +430,26 @@ class SmtpSession(asyncio.Protocol):
                 return self._error("mail", f"555 5.5.4 Unsupported option: {key}")
         if not smtputf8 and not address.isascii():
             return self._error("mail", "553 5.6.7 Must declare SMTPUTF8 to send unicode address")
+        if (no_room := self.settings.queue_space.refusal(self)) is not None:  # queuespace.py
+            return self._error("mail", no_room)
         if self._limits_counted:
             limited = self.settings.limits.message(self.client_addr, self.client_label)
             if limited is not None:
                 return self._limit_error("mail", limited)
-        refused = self._check_mail_now(address, smtputf8)
+        return self._check_mail_now(address, smtputf8, lambda refused: self._mail_checked(
+            refused, address, params, body_type, smtputf8, ret, envid))
+
+    def _mail_checked(self, refused: str | None, address: str, params: dict, body_type,
+                      smtputf8: bool, ret, envid):
         if refused is not None:
             return self._error("mail", refused)
         self.sender = address
+        self.mail_params = params
         self.body_type = body_type
         self.smtputf8 = smtputf8
         self.ret = ret
         self.envid = envid
+        self.transactions += 1
         self._count("mail", True)
         self.reply("250 2.1.0 Ok")
 
@@ -441,7 +488,9 @@ class SmtpSession(asyncio.Protocol):
             limited = self.settings.limits.recipient(self.client_addr, self.client_label)
             if limited is not None:
                 return self._limit_error("rcpt", limited)
-        refused = self._check_rcpt(address)
+        return self._check_rcpt(address, lambda refused: self._rcpt_checked(refused, address, orcpt, notify))
+
+    def _rcpt_checked(self, refused: str | None, address: str, orcpt, notify):
         if refused is not None:
             return self._error("rcpt", refused)
         if self.queue_id is None:
@@ -464,13 +513,50 @@ class SmtpSession(asyncio.Protocol):
 
     # ---- restriction lists (pyfastmta/smtpd/restrictions.py) -------------------------------
 
-    def _request(self, **changed) -> Request:
+    def _request(self, where: str, **changed) -> Request:
+        restrictions = self.settings.restrictions
+        names = self.client_names
         facts = dict(client_name=self.client_name, client_addr=self.client_addr,
                      in_mynetworks=self.in_mynetworks, helo=self.helo_name, sender=self.sender,
                      smtputf8=self.smtputf8, illegal_pipelining=self.illegal_pipelining,
-                     sasl_username=self.sasl_username)
+                     sasl_username=self.sasl_username, client_name_status=names.status,
+                     reverse_client_name=names.reverse_name,
+                     reverse_client_name_status=names.reverse_status, tls=self.tls)
+        if restrictions.may_ask:
+            facts["answers"] = Answers(self.server.resolver)
+            facts["policy_attributes"] = lambda: self._policy_attributes(where)
         facts.update(changed)
         return Request(**facts)
+
+    def _policy_attributes(self, where: str) -> dict[str, str]:
+        """What a policy server is told (Postfix's policy delegation request); helo_name,
+        sender and recipient are filled in by the check that asks."""
+        tls = self.tls
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        counted = where in ("DATA", "END-OF-MESSAGE")
+        return {
+            "request": "smtpd_access_policy", "protocol_state": where,
+            "protocol_name": "ESMTP" if self.esmtp else "SMTP", "helo_name": "",
+            "queue_id": self.queue_id or "", "sender": "", "recipient": "",
+            "recipient_count": str(len(self.recipients) if counted else 0),
+            "client_address": self.client_addr, "client_name": self.client_name,
+            "client_port": str(self.client_port),
+            "reverse_client_name": self.client_names.reverse_name,
+            "server_address": sock[0] if sock else "", "server_port": str(sock[1]) if sock else "",
+            "instance": f"{os.getpid():x}.{id(self):x}.{self.transactions:x}",
+            "sasl_method": self.sasl_method or "", "sasl_username": self.sasl_username or "",
+            "sasl_sender": self.sasl_sender or "",
+            "size": self.mail_params.get("SIZE") or "0",
+            "ccert_subject": (tls.peer_subject_cn or "") if tls else "",
+            "ccert_issuer": (tls.peer_issuer_cn or "") if tls else "",
+            "ccert_fingerprint": (tls.peer_fingerprint or "") if tls else "",
+            "ccert_pubkey_fingerprint": "",
+            "encryption_protocol": tls.protocol if tls else "",
+            "encryption_cipher": tls.cipher if tls else "",
+            "encryption_keysize": str(tls.bits) if tls else "0",
+            "etrn_domain": "", "stress": "", "policy_context": "",
+            "compatibility_level": "3.6", "mail_version": "pyfastmta",
+        }
 
     def _apply(self, verdict: Verdict, stage: str, request: Request) -> str | None:
         """Writes the check's log lines as Postfix does; the reply when it refused."""
@@ -490,45 +576,73 @@ class SmtpSession(asyncio.Protocol):
             log("smtpd", "".join(parts))
         return verdict.reply
 
-    def _connect_allowed(self) -> bool:
+    def _decide(self, where: str, request: Request, check, proceed):
+        """Runs a restriction check and hands its refusal (or None) to proceed. A check that needs
+        the DNS or a policy server pauses the session until the answers are in, then runs again;
+        what proceed returns tells the parser whether to wait (True) or go on."""
+        restrictions = self.settings.restrictions
+        try:
+            verdict = restrictions.evaluate(check, request, self.check_state)
+        except Exception as error:  # a defect must not lose the session: refuse for now
+            return proceed(self._check_failed(error))
+        if verdict.pending is None:
+            return proceed(self._apply(verdict, where, request))
+        self._check_task = self.server.loop.create_task(
+            self._decide_later(where, request, check, proceed, verdict.pending))
+        return True
+
+    async def _decide_later(self, where: str, request: Request, check, proceed, pending) -> None:
+        restrictions = self.settings.restrictions
+        try:
+            while pending:
+                await request.answers.fetch(pending, restrictions.policy_client)
+                if self.transport is None:
+                    return
+                verdict = restrictions.evaluate(check, request, self.check_state)
+                pending = verdict.pending
+            refused = self._apply(verdict, where, request)
+        except Exception as error:  # a defect must not hang the session: refuse for now
+            if self.transport is None:
+                return
+            refused = self._check_failed(error)
+        finally:
+            self._check_task = None
+        self._last_activity = self.server.loop.time()
+        waits = proceed(refused)
+        self.flush_replies()
+        if not waits and not self.closing:
+            self._resume_parser()
+
+    def _check_failed(self, error: Exception) -> str:
+        self.server.log("smtpd", f"warning: restriction check failed: {type(error).__name__}: {error}")
+        return "451 4.3.0 Error: internal error while checking"
+
+    def _check_helo_now(self, helo: str, proceed):
         restrictions = self.settings.restrictions
         if restrictions.delay_reject:
-            return True
-        request = self._request()
-        self.access_denied = self._apply(restrictions.check_client(request, self.check_state),
-                                         "CONNECT", request)
-        if self.access_denied is not None:
-            self.error_count += 1
-        return self.access_denied is None
+            return proceed(None)
+        where = self.last_command
+        return self._decide(where, self._request(where, helo=helo), restrictions.check_helo, proceed)
 
-    def _check_helo_now(self, helo: str) -> str | None:
+    def _check_mail_now(self, sender: str, smtputf8: bool, proceed):
         restrictions = self.settings.restrictions
         if restrictions.delay_reject:
-            return None
-        request = self._request(helo=helo)
-        return self._apply(restrictions.check_helo(request, self.check_state), self.last_command, request)
+            return proceed(None)
+        return self._decide("MAIL", self._request("MAIL", sender=sender, smtputf8=smtputf8),
+                            restrictions.check_mail, proceed)
 
-    def _check_mail_now(self, sender: str, smtputf8: bool) -> str | None:
-        restrictions = self.settings.restrictions
-        if restrictions.delay_reject:
-            return None
-        request = self._request(sender=sender, smtputf8=smtputf8)
-        return self._apply(restrictions.check_mail(request, self.check_state), "MAIL", request)
+    def _check_rcpt(self, recipient: str, proceed):
+        return self._decide("RCPT", self._request("RCPT", recipient=recipient),
+                            self.settings.restrictions.check_rcpt, proceed)
 
-    def _check_rcpt(self, recipient: str) -> str | None:
-        request = self._request(recipient=recipient)
-        verdict = self.settings.restrictions.check_rcpt(request, self.check_state)
-        return self._apply(verdict, "RCPT", request)
-
-    def _check_stage(self, stage: str, where: str) -> str | None:
+    def _check_stage(self, stage: str, where: str, proceed):
         restrictions = self.settings.restrictions
         if not restrictions.lists[stage]:
-            return None
+            return proceed(None)
         # With several recipients none is named: the check is about all of them.
         recipient = self.recipients[0].address if len(self.recipients) == 1 else None
-        request = self._request(recipient=recipient)
         check = restrictions.check_data if stage == "data" else restrictions.check_end_of_data
-        return self._apply(check(request, self.check_state), where, request)
+        return self._decide(where, self._request(where, recipient=recipient), check, proceed)
 
     def _note_input(self, data: bytes) -> None:
         """Counts the command lines received and not yet processed: when the parser is not
@@ -558,7 +672,9 @@ class SmtpSession(asyncio.Protocol):
             return self._error("data", "503 5.5.1 Error: need RCPT command")
         if not self.recipients:
             return self._error("data", "554 5.5.1 Error: no valid recipients")
-        refused = self._check_stage("data", "DATA")
+        return self._check_stage("data", "DATA", self._data_checked)
+
+    def _data_checked(self, refused: str | None):
         if refused is not None:
             return self._error("data", refused)
         self.in_data = True
@@ -607,7 +723,11 @@ class SmtpSession(asyncio.Protocol):
             self._log_reject("END-OF-MESSAGE", "552 5.3.4 Error: message file too big", None)
             self._reset_transaction()
             return None
-        refused = self._check_stage("end_of_data", "END-OF-MESSAGE")
+        self.check_state.end_of_data = True  # PREPEND is too late from here on
+        return self._check_stage("end_of_data", "END-OF-MESSAGE",
+                                 lambda refused: self._end_of_data_checked(refused, content))
+
+    def _end_of_data_checked(self, refused: str | None, content: bytes):
         if refused is not None:
             self._count("data", False)
             self.reply(refused)
@@ -632,6 +752,7 @@ class SmtpSession(asyncio.Protocol):
         if self.sasl_username is not None and self.esmtp:
             protocol += "A"  # RFC 3848: ESMTPA, ESMTPSA
         now = time.time()
+        actions = self.check_state  # HOLD, PREPEND, REDIRECT, BCC, FILTER (cleanup/actions.py)
         try:
             message = clean_message(
                 content, settings=self.settings.cleanup, queue_id=queue_id, sender=self.sender,
@@ -640,7 +761,7 @@ class SmtpSession(asyncio.Protocol):
                 local_client=self.local_client, now=now,
                 tls_clause=(self.tls.received_clause(self.settings.tls.ask_ccert)
                             if self.tls is not None and self.settings.tls.received_header else ""),
-                auth_clause=auth.received_clause(self),
+                auth_clause=auth.received_clause(self), prepend=actions.prepend,
             )
         except Rejected as rejected:
             self._count("data", False)
@@ -650,6 +771,10 @@ class SmtpSession(asyncio.Protocol):
             return
         try:
             sender, recipients = self._rewritten_envelope()
+            if actions.bcc:
+                recipients = message_actions.with_bcc(recipients, actions.bcc, self.settings.rewriter)
+            if actions.redirect:
+                recipients = message_actions.redirected(recipients, actions.redirect, self.settings.rewriter)
         except AliasExpansionError as error:
             self.server.log("cleanup", f"warning: {queue_id}: {error} -- message not accepted, "
                                        "try again later")
@@ -663,9 +788,14 @@ class SmtpSession(asyncio.Protocol):
             client_port=self.client_port, helo_name=self.helo_name or "", protocol=protocol,
             size=len(message.content), body_type=self.body_type, smtputf8=self.smtputf8,
             envid=self.envid, ret=self.ret,
+            content_filter=message_actions.message_filter(actions.filter, self.settings.cleanup.content_filter,
+                                                          actions.redirect),
+            hold=actions.hold,
         )
         try:
             durable = self.server.partition.enqueue(envelope, message.content)
+            if envelope.hold:
+                durable = message_actions.hold_when_durable(self.server.partition, durable, queue_id)
         except Exception as exc:
             self._queue_failed(exc)
             return
@@ -803,8 +933,9 @@ class SmtpSession(asyncio.Protocol):
         loop = self.server.loop
         raw = self.transport
         if wrapper and self.settings.peername_lookup:
-            name = self.server.peernames.cached(self.client_addr)
-            self.client_name = name if name is not None else await self.server.peernames.lookup(self.client_addr)
+            names = self.server.peernames.cached(self.client_addr)
+            self.client_names = names if names is not None else await self.server.peernames.lookup(self.client_addr)
+            self.client_name = self.client_names.name
         if self.transport is None:
             return
         started = loop.time()
@@ -827,7 +958,7 @@ class SmtpSession(asyncio.Protocol):
         if tls.loglevel >= 1:
             self.server.log("smtpd", self.tls.log_line(self.client_label))
         if wrapper:
-            self._greet(self.client_name)
+            self._greet(self.client_names)
             return
         # RFC 3207 4.2: the client starts over; what it said before TLS is forgotten.
         self.helo_name = None

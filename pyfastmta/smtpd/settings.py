@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 
 from pyfastmta.cleanup.message import CleanupSettings
@@ -13,6 +14,7 @@ from pyfastmta.maps.matchlist import DomainList, NetworkList
 from pyfastmta.smtpd.restrictions import Restrictions
 from pyfastmta.smtpd.tls import TlsSettings
 from pyfastmta.smtpd.auth import SaslSettings
+from pyfastmta.smtpd.queuespace import QueueSpace
 
 
 class SmtpdSettings:
@@ -22,6 +24,8 @@ class SmtpdSettings:
         self.myorigin: str = get("myorigin")
         self.banner = f"220 {get('smtpd_banner')}\r\n".encode()
         self.message_size_limit: int = get("message_size_limit")
+        # Free space the queue needs before MAIL FROM is accepted (queuespace.py).
+        self.queue_space = QueueSpace(get("queue_minfree"), self.message_size_limit)
         self.recipient_limit: int = get("smtpd_recipient_limit")
         self.recipient_overshoot_limit: int = get("smtpd_recipient_overshoot_limit")
         self.line_length_limit: int = get("line_length_limit")
@@ -56,6 +60,18 @@ class SmtpdSettings:
         self.ehlo_reply = self._ehlo_reply()
         self.ehlo_reply_starttls = self._ehlo_reply(starttls=True) if self.tls.offered else self.ehlo_reply
         self._clients: dict[str, tuple[bool, bool]] = {}
+
+    def under_stress(self, config) -> SmtpdSettings:
+        """The settings for sessions an overloaded worker starts: Postfix's ${stress?...}
+        values (short timeouts, one error) with everything else shared."""
+        stressed_config = config.under_stress()
+        stressed = copy.copy(self)
+        stressed.timeout = stressed_config.get("smtpd_timeout")
+        stressed.hard_error_limit = stressed_config.get("smtpd_hard_error_limit")
+        stressed.junk_command_limit = stressed_config.get("smtpd_junk_command_limit")
+        stressed.tls = copy.copy(self.tls)
+        stressed.tls.handshake_timeout = stressed_config.get("smtpd_starttls_timeout")
+        return stressed
 
     def classify_client(self, addr: str) -> tuple[bool, bool]:
         """(in mynetworks, is loopback) for a client address, cached: a busy relay sees the same

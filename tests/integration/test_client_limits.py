@@ -4,6 +4,7 @@ are not counted."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 from peers.loopback import wait_until
@@ -65,3 +66,35 @@ def test_connection_message_and_recipient_rates(make_mta, connect):
         421, f"421 4.7.0 mx.example.test Error: too many connections from {OUTSIDER}")
     assert mta.logged(f"warning: Connection rate limit exceeded: 4 from unknown[{OUTSIDER}]")
     assert connect(mta, source="127.0.0.1").command("QUIT")[0] == 221
+
+
+def test_auth_rate_is_machine_wide(make_mta, connect, tmp_path):
+    """smtpd_client_auth_rate_limit: AUTH commands are counted in the shared table whichever
+    worker takes them, failed and malformed ones too; a client in mynetworks is not counted."""
+    users = tmp_path / "users"
+    users.write_text("dave:{PLAIN}secret\n")
+    mta = make_mta({"mynetworks": "127.0.0.1/32", "smtpd_client_auth_rate_limit": "4",
+                    "worker_count": "2", "smtpd_client_port_logging": "yes",
+                    "smtpd_sasl_auth_enable": "yes", "smtpd_sasl_type": "passwd-file",
+                    "smtpd_sasl_path": str(users)})
+    wrong = "AUTH PLAIN " + base64.b64encode(b"\0dave\0wrong").decode()
+    replies, workers = [], set()
+    # One AUTH per connection until both workers have taken some (the kernel picks the worker).
+    while len(replies) < 6 or len(workers) < 2:
+        assert len(replies) < 40, "every connection went to the same worker"
+        client = connect(mta, source=OUTSIDER)
+        port = client.sock.getsockname()[1]
+        client.command("EHLO outside.example")
+        replies.append(client.command(wrong if len(replies) % 2 else "AUTH"))
+        client.command("QUIT")
+        pattern = rf"smtpd\[(\d+)\]: connect from \S+\[{re.escape(OUTSIDER)}\]:{port}\b"
+        assert wait_until(lambda: re.search(pattern, mta.log_text()), 10)
+        workers.add(re.search(pattern, mta.log_text()).group(1))
+    # Counted once per machine: four in all, not four per worker.
+    assert [code for code, _text in replies[:4]] == [501, 535, 501, 535]
+    assert all(reply == (450, f"450 4.7.1 Error: too many AUTH commands from {OUTSIDER}")
+               for reply in replies[4:])
+    assert mta.logged(f"warning: AUTH command rate limit exceeded: 5 from unknown[{OUTSIDER}]:")
+    insider = connect(mta, source="127.0.0.1")
+    insider.command("EHLO inside.example")
+    assert all(insider.command("AUTH")[0] == 501 for _ in range(6))

@@ -48,12 +48,31 @@ def test_names_from_dns_and_hosts_file(dns_port, tmp_path):
 
     async def names():
         cache = PeernameCache(DnsResolver([("127.0.0.1", dns_port)], timeout=5), str(hosts))
-        found = [await cache.lookup(f"127.0.0.{n}") for n in (2, 3, 4, 5, 6)]
-        return found, cache.cached("127.0.0.2")
+        found = [(await cache.lookup(f"127.0.0.{n}")).name for n in (2, 3, 4, 5, 6)]
+        return found, cache.cached("127.0.0.2").name
 
     found, cached = asyncio.run(names())
     assert found == ["client.example.test", "unknown", "unknown", "fromfile.example.test", "unknown"]
     assert cached == "client.example.test"
+
+
+def test_name_status_as_postfix_keeps_it(dns_port, tmp_path):
+    """reject_unknown_client_hostname answers 450 for a DNS failure and its reject code for a
+    missing or forged name; the reverse name is what the PTR record says."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.5  fromfile.example.test\n")
+
+    async def names():
+        cache = PeernameCache(DnsResolver([("127.0.0.1", dns_port)], timeout=5), str(hosts))
+        return [tuple(await cache.lookup(f"127.0.0.{n}")) for n in (2, 3, 4, 5, 6)]
+
+    assert asyncio.run(names()) == [
+        ("client.example.test", "ok", "client.example.test", "ok"),
+        ("unknown", "permanent", "liar.example.test", "ok"),
+        ("unknown", "temporary", "unknown", "temporary"),
+        ("fromfile.example.test", "ok", "fromfile.example.test", "ok"),
+        ("unknown", "permanent", "unknown", "permanent"),
+    ]
 
 
 def test_session_logs_the_dns_name(dns_port, make_mta, connect):

@@ -117,3 +117,28 @@ def test_service_syntax():
             parse_policy_service(bad, DEFAULTS.get, "/q")
     # A value cannot end the request early.
     assert request_text({"sender": "a\nb@example.com", "x": "y"}) == b"sender=a b@example.com\nx=y\n\n"
+
+
+def test_greylisting_in_a_session(postgrey, make_mta, connect):
+    """check_policy_service in smtpd_recipient_restrictions: postgrey's DEFER_IF_PERMIT turns a
+    permitted recipient into 450 until the delay has passed."""
+    mta = make_mta({"mynetworks": "127.0.0.1/32",
+                    "smtpd_recipient_restrictions": f"check_policy_service inet:127.0.0.1:{postgrey}, "
+                                                    "reject_unauth_destination"})
+
+    def attempt() -> tuple[int, str]:
+        client = connect(mta, source="127.0.0.2")
+        assert client.command("EHLO client.example")[0] == 250
+        assert client.command("MAIL FROM:<someone@example.com>")[0] == 250
+        reply = client.command("RCPT TO:<user@example.test>")
+        client.command("QUIT")
+        client.close()
+        return reply
+
+    code, text = attempt()
+    assert code == 450 and text.startswith("450 4.2.0 <user@example.test>: Recipient address rejected: "
+                                           "Greylisted"), text
+    assert mta.logged("NOQUEUE: reject: RCPT from unknown[127.0.0.2]: 450 4.2.0 <user@example.test>: "
+                      "Recipient address rejected: Greylisted")
+    time.sleep(DELAY + 1.5)
+    assert attempt()[0] == 250

@@ -106,7 +106,7 @@ def test_command_errors_and_replies(mta, connect):
     assert client.command("NOOP") == (250, "250 2.0.0 Ok")
     assert client.command("VRFY bob@example.test")[0] == 252
     assert client.command("HELP")[0] == 214
-    assert client.command("XYZZY") == (502, "502 5.5.2 Error: command not recognized")
+    assert client.command("XYZZY") == (500, "500 5.5.2 Error: command not recognized")
     assert client.command("QUIT") == (221, "221 2.0.0 Bye")
     assert client.closed_by_server()
 

@@ -22,6 +22,7 @@ from peers.certificates import self_signed_certificate
 from peers.dialog import differences
 from peers.dialog import run_dialog as dialog
 from peers.dovecot import DOVECOT, b64
+from peers.loopback import wait_until
 from peers.privatepostfix import PostfixInstance
 from peers.rawclient import RawClient
 
@@ -146,6 +147,61 @@ def test_auth_dialogs_match_postfix(postfix_transcripts, dovecot, tables, make_m
     assert mta.logged("SASL LOGIN authentication aborted")
     assert mta.logged(", sasl_method=PLAIN, sasl_username=alice, sasl_sender=<alice@owned.example>")
     assert mta.logged("SASL CRAM-MD5 authentication failed: Invalid authentication mechanism")
+
+
+# smtpd_sasl_mechanism_filter, smtpd_sasl_response_limit (its least value, 12288, which is more
+# than line_length_limit) and smtpd_client_auth_rate_limit, against the same private Postfix.
+LIMITED = {"smtpd_sasl_mechanism_filter": "!PLAIN, static:rest",
+           "smtpd_client_auth_rate_limit": "3"}
+
+
+def _plain_response(size: int) -> str:
+    """A PLAIN response of exactly `size` base64 characters (a multiple of 4): alice with a long
+    wrong password."""
+    return b64("\0alice\0" + "x" * (size // 4 * 3 - 7))
+
+
+LIMITED_DIALOGS = [
+    # EHLO announces LOGIN only; PLAIN, filtered out of the announcement, is still accepted.
+    ["EHLO c.example", PLAIN_ALICE, "QUIT"],
+    # A response longer than line_length_limit but within the response limit reaches the backend;
+    # Postfix's bound counts the line ending, so 12288 characters are one too many.
+    ["EHLO c.example", "AUTH PLAIN", _plain_response(12284), "QUIT"],
+    ["EHLO c.example", "AUTH PLAIN", _plain_response(12288), "NOOP", "QUIT"],
+    # The fourth AUTH of a client in anvil_rate_time_unit, whatever the first three did.
+    ["EHLO c.example", "AUTH", "AUTH CRAM-MD5", "AUTH PLAIN a b", PLAIN_ALICE, "AUTH LOGIN", "NOOP",
+     "QUIT"],
+]
+
+
+def run_limited_dialog(port: int, steps) -> list[str]:
+    # The rate limit's reply names the client, whose address differs from run to run.
+    return [re.sub(r"127\.0\.\d+\.\d+", "CLIENT", line) for line in run_dialog(port, steps)]
+
+
+@pytest.fixture(scope="module")
+def postfix_limited_transcripts(dovecot, tables):
+    postfix = PostfixInstance(main_cf={**settings_for(dovecot, tables), **LIMITED})
+    try:
+        postfix.start()
+        yield [run_limited_dialog(postfix.port, steps) for steps in LIMITED_DIALOGS]
+    finally:
+        postfix.stop()
+        postfix.remove()
+
+
+def test_auth_limits_match_postfix(postfix_limited_transcripts, dovecot, tables, make_mta):
+    mta = make_mta({**settings_for(dovecot, tables), **LIMITED})
+    ours = [run_limited_dialog(mta.port, steps) for steps in LIMITED_DIALOGS]
+    report = differences(ours, postfix_limited_transcripts)
+    assert not report, "\n".join(report)
+    assert "EHLO c.example -> 250 | AUTH LOGIN | AUTH=LOGIN" in ours[0]
+    assert ours[2][3].endswith("-> 500 5.5.6 SASL response limit exceeded")
+    assert ours[3][5] == "AUTH PLAIN " + ALICE + " -> 450 4.7.1 Error: too many AUTH commands from CLIENT"
+    for line in (r"warning: unknown\[127\.0\.\d+\.\d+\]: request longer than 12288",
+                 r"warning: AUTH command rate limit exceeded: 4 from unknown\[127\.0\.\d+\.\d+\] "
+                 rf"for service {mta.host}:{mta.port}"):
+        assert wait_until(lambda: re.search(line, mta.log_text()), 10), line
 
 
 def test_swaks_auth_relays_with_authenticated_header(dovecot, tables, make_mta):

@@ -354,6 +354,35 @@ def test_client_certificate_fingerprint(make_mta, certificate, tmp_path):
     assert len(fingerprint(der, "sha256").split(":")) == 32
 
 
+@pytest.mark.parametrize("listed", [True, False])
+def test_permit_tls_clientcerts_lets_a_listed_certificate_relay(make_mta, certificate, tmp_path, listed):
+    """relay_clientcerts lists fingerprints (smtpd_tls_fingerprint_digest); a client outside
+    mynetworks relays with a listed certificate and is refused without one."""
+    ca_file, cert_file, key_file, der = client_certificate(tmp_path / "tls")
+    table = tmp_path / "relay_clientcerts"
+    table.write_text(f"{fingerprint(der, 'sha256') if listed else '00:11'} client.example.test\n")
+    mta = make_mta(tls_settings(certificate, smtpd_tls_ask_ccert="yes", smtpd_tls_CAfile=str(ca_file),
+                                mynetworks="127.0.0.2/32", relay_clientcerts=f"texthash:{table}",
+                                smtpd_relay_restrictions="permit_tls_clientcerts, reject_unauth_destination"))
+    context = client_context()
+    context.load_cert_chain(cert_file, key_file)
+    client = TlsClient(mta.host, mta.port)
+    try:
+        assert client.reply()[0] == 220
+        assert client.command("EHLO client.example.org")[0] == 250
+        assert client.command("STARTTLS")[0] == 220
+        client.start_tls(context)
+        assert client.command("EHLO client.example.org")[0] == 250
+        assert client.command("MAIL FROM:<alice@example.org>")[0] == 250
+        reply = client.command("RCPT TO:<bob@elsewhere.example>")
+    finally:
+        client.close()
+    if listed:
+        assert reply[0] == 250, reply
+    else:
+        assert reply == (554, "554 5.7.1 <bob@elsewhere.example>: Relay access denied")
+
+
 # ---- configuration -------------------------------------------------------------------------
 
 

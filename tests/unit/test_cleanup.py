@@ -23,6 +23,7 @@ class FakeConfig:
         "always_add_missing_headers": False,
         "undisclosed_recipients_header": "",
         "message_drop_headers": ["bcc", "content-length", "resent-bcc", "return-path"],
+        "content_filter": "",
     }
 
     def get(self, name):

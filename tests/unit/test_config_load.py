@@ -275,7 +275,7 @@ def test_postconf_defaults_list_every_parameter():
     assert "myorigin = $myhostname" in lines
     assert "smtpd_banner = $myhostname ESMTP $mail_name" in lines
     assert "maillog_file =" in lines
-    assert "smtpd_timeout = 300s" in lines
+    assert "smtpd_timeout = ${stress?{10}:{300}}s" in lines
 
 
 def test_postconf_names_values_and_unknown_names(tmp_path):

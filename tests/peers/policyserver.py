@@ -1,0 +1,73 @@
+"""A policy delegation server for tests (Postfix's protocol: name=value lines, an empty line;
+the answer `action=...` and an empty line), on its own thread and event loop.
+
+    with PolicyServer(lambda request: "DUNNO") as server:
+        ... check_policy_service inet:127.0.0.1:{server.port} ...
+        server.requests   every request received, as dicts, in order
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+
+class PolicyServer:
+    def __init__(self, decide: Callable[[dict[str, str]], str], host: str = "127.0.0.1") -> None:
+        self.decide = decide
+        self.host = host
+        self.port = 0
+        self.requests: list[dict[str, str]] = []
+        self.connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[asyncio.Task] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> PolicyServer:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        future.result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _stop(self) -> None:
+        self._server.close()
+        for task in self._sessions:
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._sessions.add(asyncio.current_task())
+        try:
+            while True:
+                request: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    text = line.decode("utf-8", "replace").rstrip("\r\n")
+                    if not text:
+                        break
+                    name, _, value = text.partition("=")
+                    request[name] = value
+                self.requests.append(request)
+                writer.write(f"action={self.decide(request)}\n\n".encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._sessions.discard(asyncio.current_task())
+            writer.close()
