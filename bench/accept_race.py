@@ -55,6 +55,7 @@ class PyfastmtaInstance:
     name = "pyfastmta"
     host = "127.0.0.1"
     main_cf_extra = ""  # more main.cf lines, for a benchmark that needs them
+    mynetworks = "127.0.0.0/8"  # the clients trusted to relay; the benchmark clients by default
 
     def __init__(self, command: list[str], parent_directory: str | os.PathLike | None = None):
         self.command = command
@@ -73,7 +74,7 @@ class PyfastmtaInstance:
         self.root.chmod(0o755)
         (self.root / "main.cf").write_text(
             f"queue_directory = {self.queue_directory}\n"
-            "mynetworks = 127.0.0.0/8\n"
+            f"mynetworks = {self.mynetworks}\n"
             "mydestination = localhost\n"
             f"maillog_file = {self.maillog_file}\n" + self.main_cf_extra
         )
@@ -325,7 +326,9 @@ def run_once(label: str, make_server, options, round_number: int) -> Run:
     return run
 
 
-def summarize(runs: list[Run], labels: list[str]) -> list[Summary]:
+def summarize(runs: list[Run], labels: list[str], baseline: str = "postfix") -> list[Summary]:
+    """Median and best per label; each ratio is to the first label starting with `baseline`
+    (kept in ratio_to_postfix, whatever the baseline)."""
     summaries = []
     for label in labels:
         own = [run for run in runs if run.server == label]
@@ -341,17 +344,18 @@ def summarize(runs: list[Run], labels: list[str]) -> list[Summary]:
             p99_ms=round(statistics.median(run.p99_ms for run in own), 2),
             rounds=own,
         ))
-    baseline = next(s for s in summaries if s.server.startswith("postfix"))
+    reference = next(s for s in summaries if s.server.startswith(baseline))
     for summary in summaries:
         summary.ratio_to_postfix = round(
-            summary.median_messages_per_second / baseline.median_messages_per_second, 2
+            summary.median_messages_per_second / reference.median_messages_per_second, 2
         )
     return summaries
 
 
-def table_rows(summaries: list[Summary], rounds: int) -> tuple[list[str], list[list[str]]]:
+def table_rows(summaries: list[Summary], rounds: int, ratio_heading: str = "ratio to Postfix",
+               first_heading: str = "server") -> tuple[list[str], list[list[str]]]:
     rate_heading = "msg/s" if rounds == 1 else f"msg/s median (best of {rounds})"
-    heading = ["server", "messages", "seconds", rate_heading, "ratio to Postfix",
+    heading = [first_heading, "messages", "seconds", rate_heading, ratio_heading,
                "p50 / p99 end-of-data→250 (ms)"]
     rows = []
     for s in summaries:
