@@ -15,6 +15,8 @@ A domain used as nexthop is lowercased, so one destination is one queue whatever
 """
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -164,6 +166,7 @@ def _valid_literal(domain: str) -> bool:
     return literal_address(domain) is not None
 
 
+@functools.lru_cache(maxsize=4096)  # smtpd checks the same HELO names and domains over and over
 def valid_hostname(domain: str, smtputf8_enable: bool) -> bool:
     """Postfix's host name rules: labels of 1 to 63 letters, digits, "-" or "_", no "-" at either
     end of a label, at most 255 characters, and not all digits and dots (a bare IP address)."""

@@ -13,6 +13,7 @@ Parent domains are "example.com" when smtpd_access_maps is in parent_domain_matc
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from pyfastmta.maps.addresses import find_unquoted, split_extension
@@ -82,6 +83,7 @@ def _parents(domain: str, parent_style: bool) -> list[str]:
     return keys
 
 
+@functools.lru_cache(maxsize=4096)  # client names and addresses repeat; parsing one does not
 def is_host_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

@@ -41,11 +41,12 @@ class Answers:
     """The answers one check has gathered, on top of the worker's DNS cache. Failures are kept
     here too (the cache keeps none), so that the check sees the failure when it runs again."""
 
-    __slots__ = ("resolver", "known")
+    __slots__ = ("resolver", "known", "requests")
 
     def __init__(self, resolver) -> None:
         self.resolver = resolver
         self.known: dict[tuple, object] = {}
+        self.requests: dict[str, bytes] = {}
 
     def records(self, name: str, rdtype: int) -> tuple | Negative:
         """The record set, or a Negative; raises DnsError (a failed lookup) or Pending."""
@@ -71,6 +72,14 @@ class Answers:
             raise Pending(missing)
         return found
 
+    def policy_request(self, spec: str, build) -> bytes:
+        """The request text for a policy service, built once per check: the check runs again
+        with the same facts once the answer is in."""
+        text = self.requests.get(spec)
+        if text is None:
+            text = self.requests[spec] = build()
+        return text
+
     def policy(self, spec: str, request: bytes) -> str:
         answer = self.known.get(("policy", spec, request))
         if answer is None:
@@ -89,7 +98,10 @@ class Answers:
             else:
                 self.known[question] = await policy_client(question[1]).query_text(question[2])
 
-        await asyncio.gather(*(answer(question) for question in dict.fromkeys(questions)))
+        if len(questions) == 1:
+            await answer(questions[0])
+        else:
+            await asyncio.gather(*(answer(question) for question in dict.fromkeys(questions)))
 
 
 # ---- DNS lists -------------------------------------------------------------------------------
@@ -154,10 +166,9 @@ def split_dnsxl(argument: str) -> tuple[str, ReplyFilter | None]:
 
 def reversed_address_name(address: str, domain: str) -> str:
     """The DNS list name of a client address: octets (IPv4) or nibbles (IPv6), reversed."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 4:
+    if ":" not in address:
         return ".".join(reversed(address.split("."))) + "." + domain
-    return ".".join(reversed(ip.exploded.replace(":", ""))) + "." + domain
+    return ".".join(reversed(ipaddress.ip_address(address).exploded.replace(":", ""))) + "." + domain
 
 
 def domain_list_name(what: str, domain: str) -> str | None:

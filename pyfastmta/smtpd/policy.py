@@ -3,8 +3,9 @@ existing policy servers (postgrey, policyd-spf, ...) work unchanged.
 
 A request is `name=value` lines and an empty line; the server answers `action=...` (and
 possibly other attributes) and an empty line. The action is read as an access(5) table result.
-Each worker keeps one connection per policy service open between requests, for as long as
-smtpd_policy_service_max_idle and _max_ttl allow; a request that fails (no connection, a
+Each worker keeps its connections to a policy service open between requests, for as long as
+smtpd_policy_service_max_idle and _max_ttl allow, one request at a time on each (as each of
+Postfix's smtpd processes has its own); a request that fails (no connection, a
 timeout, an answer that is not a policy answer) is tried again, up to
 smtpd_policy_service_try_limit times, smtpd_policy_service_retry_delay apart, and then the
 service's default action stands in for the answer, as in Postfix.
@@ -19,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyfastmta.config.valuetypes import BadValue, parse_time
+
+_LINE_BREAKS = {ord("\r"): " ", ord("\n"): " "}
 
 # Longest answer line a server may send (Postfix reads lines of at most line_length_limit).
 ANSWER_LINE_LIMIT = 8192
@@ -113,26 +116,89 @@ def parse_policy_service(spec: str, get: Callable[[str], object], queue_director
 def request_text(attributes: Mapping[str, str]) -> bytes:
     """The request as sent: one name=value line per attribute (line breaks in values replaced,
     so that no value can end the request early), then an empty line."""
-    lines = []
-    for name, value in attributes.items():
-        value = str(value).replace("\r", " ").replace("\n", " ")
-        lines.append(f"{name}={value}\n")
-    lines.append("\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    text = "".join([f"{name}={value}\n" for name, value in attributes.items()])
+    if text.count("\n") != len(attributes) or "\r" in text:
+        text = "".join([f"{name}={str(value).translate(_LINE_BREAKS)}\n" for name, value in attributes.items()])
+    return (text + "\n").encode("utf-8", "surrogateescape")
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to a policy server, carrying one request at a time (as each of Postfix's
+    smtpd processes does): the answer resolves the waiting future."""
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.opened = self.last_used = time.monotonic()
+        self.requests = 0
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future | None = None
+        self._action: str | None = None
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(asyncio.IncompleteReadError(bytes(self._buffer), None))
+
+    def ask(self, request: bytes) -> asyncio.Future:
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._buffer.clear()
+        self._action = None
+        self.transport.write(request)
+        return self._waiter
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nothing asked: a server that talks out of turn is not listened to
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                if len(buffer) - start > ANSWER_LINE_LIMIT:
+                    waiter.set_exception(PolicyAnswerError("answer line too long"))
+                del buffer[:start]
+                return
+            line = bytes(buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            if not line:
+                del buffer[:start]
+                if self._action is None:
+                    waiter.set_exception(PolicyAnswerError("answer without action"))
+                else:
+                    waiter.set_result(self._action)
+                return
+            name, equals, value = line.partition(b"=")
+            if not equals:
+                text = line.decode("utf-8", "surrogateescape")
+                waiter.set_exception(PolicyAnswerError(f'malformed answer line "{text[:100]}"'))
+                return
+            if name == b"action":
+                self._action = value.decode("utf-8", "surrogateescape")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class PolicyClient:
-    """Requests to one policy service from one worker, over one kept connection."""
+    """Requests to one policy service from one worker. Each request has a connection of its
+    own while it is out: an idle one when there is one, else a new one (up to
+    default_process_limit, as many as Postfix's smtpd processes could hold), so that sessions
+    never queue behind each other's questions."""
 
-    def __init__(self, service: PolicyService, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, service: PolicyService, warn: Callable[[str], None] | None = None,
+                 max_connections: int = 100) -> None:
         self.service = service
         self._warn = warn
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._opened = 0.0
-        self._last_used = 0.0
-        self._requests = 0
-        self._lock = asyncio.Lock()
+        self._idle: list[_Connection] = []
+        self._max_connections = max(1, max_connections)
+        self._slots: asyncio.Semaphore | None = None
 
     async def query(self, attributes: Mapping[str, str]) -> str:
         """The action the service answers (for example "DUNNO" or "DEFER_IF_PERMIT Greylisted"),
@@ -142,77 +208,68 @@ class PolicyClient:
     async def query_text(self, request: bytes) -> str:
         """query() for a request already in its wire form (request_text)."""
         service = self.service
-        async with self._lock:  # one request at a time on the connection
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_connections)
+        async with self._slots:
             problem = ""
             for attempt in range(max(1, service.try_limit)):
                 if attempt:
                     await asyncio.sleep(service.retry_delay)
+                connection = None
                 try:
-                    return await asyncio.wait_for(self._exchange(request), service.timeout)
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                        asyncio.LimitOverrunError, PolicyAnswerError) as error:
+                    async with asyncio.timeout(service.timeout):
+                        connection = await self._connection()
+                        action = await connection.ask(request)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, PolicyAnswerError) as error:
                     problem = _describe(error, service.timeout)
-                    self.close()
+                    if connection is not None:
+                        self._discard(connection)
+                    continue
+                self._release(connection)
+                return action
             if self._warn is not None:
                 self._warn(f"problem talking to server {service.name}: {problem}")
             return service.default_action
 
-    async def _exchange(self, request: bytes) -> str:
-        await self._connection()
-        self._writer.write(request)
-        await self._writer.drain()
-        action = None
-        while True:
-            line = await self._reader.readuntil(b"\n")
-            if len(line) > ANSWER_LINE_LIMIT:
-                raise PolicyAnswerError("answer line too long")
-            text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-            if not text:
-                break
-            name, equals, value = text.partition("=")
-            if not equals:
-                raise PolicyAnswerError(f'malformed answer line "{text[:100]}"')
-            if name == "action":
-                action = value
-        if action is None:
-            raise PolicyAnswerError("answer without action")
-        self._requests += 1
-        self._last_used = time.monotonic()
-        if self.service.request_limit and self._requests >= self.service.request_limit:
-            self.close()
-        return action
-
-    async def _connection(self) -> None:
+    async def _connection(self) -> _Connection:
         now = time.monotonic()
         service = self.service
-        if self._writer is not None and (
-                self._writer.is_closing() or now - self._last_used > service.max_idle
-                or now - self._opened > service.max_ttl):
-            self.close()
-        if self._writer is not None:
-            return
+        while self._idle:
+            connection = self._idle.pop()
+            if (connection.lost or now - connection.last_used > service.max_idle
+                    or now - connection.opened > service.max_ttl):
+                self._discard(connection)
+                continue
+            return connection
+        loop = asyncio.get_running_loop()
         if service.transport == "inet":
             host, _, port = service.address.rpartition(":")
-            host = host.strip("[]")
-            self._reader, self._writer = await asyncio.open_connection(host, int(port),
-                                                                       limit=ANSWER_LINE_LIMIT * 2)
+            _, connection = await loop.create_connection(_Connection, host.strip("[]"), int(port))
         else:
-            self._reader, self._writer = await asyncio.open_unix_connection(
-                service.address, limit=ANSWER_LINE_LIMIT * 2)
-        self._opened = self._last_used = now
-        self._requests = 0
+            _, connection = await loop.create_unix_connection(_Connection, service.address)
+        return connection
+
+    def _release(self, connection: _Connection) -> None:
+        connection.requests += 1
+        connection.last_used = time.monotonic()
+        limit = self.service.request_limit
+        if connection.lost or (limit and connection.requests >= limit):
+            self._discard(connection)
+        else:
+            self._idle.append(connection)
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
 
 
 def _describe(error: BaseException, timeout: float) -> str:
-    if isinstance(error, asyncio.TimeoutError):
+    if isinstance(error, TimeoutError):
         return f"timeout after {timeout:g}s"
     if isinstance(error, asyncio.IncompleteReadError):
         return "connection closed by the server"
-    if isinstance(error, asyncio.LimitOverrunError):
-        return "answer line too long"
     return str(error) or type(error).__name__

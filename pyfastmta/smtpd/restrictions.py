@@ -15,7 +15,6 @@ the list (the stage passes; the next stage still runs), REJECT ends the whole ch
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from pyfastmta.config import ConfigError
@@ -186,7 +185,9 @@ class CheckState:
         self.reset_message_actions()
 
     def snapshot(self) -> list:
-        return [copy.copy(getattr(self, name)) for name in self.__slots__]
+        # Only the lists change in place; every other value is replaced when it changes.
+        return [value.copy() if isinstance(value, list) else value
+                for value in map(self.__getattribute__, self.__slots__)]
 
     def restore(self, saved: list) -> None:
         for name, value in zip(self.__slots__, saved):
@@ -757,12 +758,17 @@ class _Run:
     def policy(self, spec: str, reply_name: str, reply_class: str, default_access: str | None) -> int:
         """check_policy_service: the server's action is read as an access table's."""
         request = self.request
-        attributes = request.policy_attributes()
-        attributes["sender"] = request.sender or ""
-        attributes["recipient"] = request.recipient or ""
-        attributes["helo_name"] = request.helo or ""
-        attributes["policy_context"] = self.owner.policy_services[spec].policy_context
-        action = request.answers.policy(spec, request_text(attributes))
+
+        def build() -> bytes:
+            attributes = request.policy_attributes()
+            attributes["sender"] = request.sender or ""
+            attributes["recipient"] = request.recipient or ""
+            attributes["helo_name"] = request.helo or ""
+            attributes["policy_context"] = self.owner.policy_services[spec].policy_context
+            return request_text(attributes)
+
+        answers = request.answers
+        action = answers.policy(spec, answers.policy_request(spec, build))
         if self.owner.smtputf8_enable and not action.isascii():
             try:
                 action.encode("utf-8")
