@@ -231,6 +231,35 @@ class PolicyClient:
                 self._warn(f"problem talking to server {service.name}: {problem}")
             return service.default_action
 
+    def try_ask(self, request: bytes) -> asyncio.Future | None:
+        """The answer's future when a kept connection can take the request now, without a
+        coroutine; None when the request must go through query_text (no idle connection).
+        The future fails on a timeout or a broken connection; the caller then asks again
+        through query_text, which retries as configured."""
+        now = time.monotonic()
+        service = self.service
+        while self._idle:
+            connection = self._idle.pop()
+            if (connection.lost or now - connection.last_used > service.max_idle
+                    or now - connection.opened > service.max_ttl):
+                self._discard(connection)
+                continue
+            break
+        else:
+            return None
+        future = connection.ask(request)
+        timer = asyncio.get_running_loop().call_later(service.timeout, _expire, future, service.timeout)
+
+        def done(answered: asyncio.Future) -> None:
+            timer.cancel()
+            if answered.cancelled() or answered.exception() is not None:
+                self._discard(connection)
+            else:
+                self._release(connection)
+
+        future.add_done_callback(done)
+        return future
+
     async def _connection(self) -> _Connection:
         now = time.monotonic()
         service = self.service
@@ -265,6 +294,11 @@ class PolicyClient:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
+
+
+def _expire(future: asyncio.Future, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError(f"no answer within {timeout:g}s"))
 
 
 def _describe(error: BaseException, timeout: float) -> str:

@@ -30,7 +30,7 @@ from pyfastmta.resolve.resolver import valid_hostname
 from pyfastmta.smtpd import access, lookups
 from pyfastmta.smtpd.access import CLIENT, DATA, END_OF_DATA, HELO, RECIPIENT, SENDER
 from pyfastmta.smtpd.lookups import A, AAAA, MX, NS, Pending
-from pyfastmta.smtpd.policy import PolicyClient, parse_policy_service, request_text
+from pyfastmta.smtpd.policy import PolicyClient, parse_policy_service
 
 DUNNO, OK, REJECT = 0, 1, 2
 
@@ -117,14 +117,14 @@ class Request:
     __slots__ = ("client_name", "client_addr", "in_mynetworks", "helo", "sender", "recipient",
                  "smtputf8", "illegal_pipelining", "sasl_username", "client_name_status",
                  "reverse_client_name", "reverse_client_name_status", "tls", "answers",
-                 "policy_attributes")
+                 "policy_request")
 
     def __init__(self, *, client_name: str, client_addr: str, in_mynetworks: bool,
                  helo: str | None = None, sender: str | None = None, recipient: str | None = None,
                  smtputf8: bool = False, illegal_pipelining: bool = False,
                  sasl_username: str | None = None, client_name_status: str = "ok",
                  reverse_client_name: str | None = None, reverse_client_name_status: str = "ok",
-                 tls=None, answers: lookups.Answers | None = None, policy_attributes=None) -> None:
+                 tls=None, answers: lookups.Answers | None = None, policy_request=None) -> None:
         self.client_name = client_name
         self.client_addr = client_addr
         self.in_mynetworks = in_mynetworks
@@ -140,7 +140,8 @@ class Request:
         self.reverse_client_name_status = reverse_client_name_status
         self.tls = tls  # the session's TlsInfo, None in plain text
         self.answers = answers  # DNS and policy answers (lookups.py); None when no check asks
-        self.policy_attributes = policy_attributes  # () -> the session's policy request attributes
+        # (helo, sender, recipient, policy_context) -> the session's policy request, as sent
+        self.policy_request = policy_request
 
     @property
     def client_label(self) -> str:
@@ -760,12 +761,8 @@ class _Run:
         request = self.request
 
         def build() -> bytes:
-            attributes = request.policy_attributes()
-            attributes["sender"] = request.sender or ""
-            attributes["recipient"] = request.recipient or ""
-            attributes["helo_name"] = request.helo or ""
-            attributes["policy_context"] = self.owner.policy_services[spec].policy_context
-            return request_text(attributes)
+            return request.policy_request(request.helo or "", request.sender or "", request.recipient or "",
+                                          self.owner.policy_services[spec].policy_context)
 
         answers = request.answers
         action = answers.policy(spec, answers.policy_request(spec, build))

@@ -24,6 +24,7 @@ from pyfastmta.smtpd.restrictions import CheckState, Request, Verdict
 from pyfastmta.smtpd.tls import TlsInfo
 from pyfastmta.smtpd.peername import UNKNOWN as UNKNOWN_NAMES
 from pyfastmta.smtpd.lookups import Answers
+from pyfastmta.smtpd.policy import request_text as policy_text
 from pyfastmta.smtpd import auth
 
 _COMMAND_NAMES = {
@@ -77,6 +78,7 @@ class SmtpSession(asyncio.Protocol):
         self.command_stats: dict[str, list[int]] = {}
         self.last_command = "CONNECT"
         self.transactions = 0  # MAIL commands accepted (the policy protocol's instance)
+        self._policy_session_text = None  # (what it depends on, the request's per-session lines)
         self.closing = False
         self.greeted = False  # the greeting went out: commands are read
         self._connect_logged = False
@@ -524,29 +526,46 @@ class SmtpSession(asyncio.Protocol):
                      reverse_client_name_status=names.reverse_status, tls=self.tls)
         if restrictions.may_ask:
             facts["answers"] = Answers(self.server.resolver)
-            facts["policy_attributes"] = lambda: self._policy_attributes(where)
+            facts["policy_request"] = lambda helo, sender, recipient, context: self._policy_request(
+                where, helo, sender, recipient, context)
         facts.update(changed)
         return Request(**facts)
 
-    def _policy_attributes(self, where: str) -> dict[str, str]:
-        """What a policy server is told (Postfix's policy delegation request); helo_name,
-        sender and recipient are filled in by the check that asks."""
+    def _policy_request(self, where: str, helo: str, sender: str, recipient: str, context: str) -> bytes:
+        """What a policy server is told (Postfix's policy delegation request, in its wire form).
+        The part that stays the same for the session is written once."""
+        key = (self.tls, self.sasl_username, self.client_name)
+        cached = self._policy_session_text
+        if cached is None or cached[0] != key:
+            cached = self._policy_session_text = (key, self._policy_session_part())
+        counted = where in ("DATA", "END-OF-MESSAGE")
+        text = (f"request=smtpd_access_policy\nprotocol_state={where}\n"
+                f"protocol_name={'ESMTP' if self.esmtp else 'SMTP'}\nhelo_name={helo}\n"
+                f"queue_id={self.queue_id or ''}\nsender={sender}\nrecipient={recipient}\n"
+                f"recipient_count={len(self.recipients) if counted else 0}\n"
+                f"instance={os.getpid():x}.{id(self):x}.{self.transactions:x}\n"
+                f"sasl_sender={self.sasl_sender or ''}\nsize={self.mail_params.get('SIZE') or '0'}\n"
+                f"policy_context={context}\n")
+        if "\r" in text or text.count("\n") != 12:  # a value must not end a line early
+            text = policy_text({"request": "smtpd_access_policy", "protocol_state": where,
+                                "protocol_name": "ESMTP" if self.esmtp else "SMTP", "helo_name": helo,
+                                "queue_id": self.queue_id or "", "sender": sender, "recipient": recipient,
+                                "recipient_count": str(len(self.recipients) if counted else 0),
+                                "instance": f"{os.getpid():x}.{id(self):x}.{self.transactions:x}",
+                                "sasl_sender": self.sasl_sender or "",
+                                "size": self.mail_params.get("SIZE") or "0", "policy_context": context}
+                               ).decode("utf-8", "surrogateescape")[:-1]
+        return (text + cached[1]).encode("utf-8", "surrogateescape")
+
+    def _policy_session_part(self) -> str:
         tls = self.tls
         sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
-        counted = where in ("DATA", "END-OF-MESSAGE")
-        return {
-            "request": "smtpd_access_policy", "protocol_state": where,
-            "protocol_name": "ESMTP" if self.esmtp else "SMTP", "helo_name": "",
-            "queue_id": self.queue_id or "", "sender": "", "recipient": "",
-            "recipient_count": str(len(self.recipients) if counted else 0),
+        return policy_text({
             "client_address": self.client_addr, "client_name": self.client_name,
             "client_port": str(self.client_port),
             "reverse_client_name": self.client_names.reverse_name,
             "server_address": sock[0] if sock else "", "server_port": str(sock[1]) if sock else "",
-            "instance": f"{os.getpid():x}.{id(self):x}.{self.transactions:x}",
             "sasl_method": self.sasl_method or "", "sasl_username": self.sasl_username or "",
-            "sasl_sender": self.sasl_sender or "",
-            "size": self.mail_params.get("SIZE") or "0",
             "ccert_subject": (tls.peer_subject_cn or "") if tls else "",
             "ccert_issuer": (tls.peer_issuer_cn or "") if tls else "",
             "ccert_fingerprint": (tls.peer_fingerprint or "") if tls else "",
@@ -554,9 +573,9 @@ class SmtpSession(asyncio.Protocol):
             "encryption_protocol": tls.protocol if tls else "",
             "encryption_cipher": tls.cipher if tls else "",
             "encryption_keysize": str(tls.bits) if tls else "0",
-            "etrn_domain": "", "stress": "", "policy_context": "",
+            "etrn_domain": "", "stress": "yes" if self.settings.stress else "",
             "compatibility_level": "3.6", "mail_version": "pyfastmta",
-        }
+        }).decode("utf-8", "surrogateescape")
 
     def _apply(self, verdict: Verdict, stage: str, request: Request) -> str | None:
         """Writes the check's log lines as Postfix does; the reply when it refused."""
@@ -576,7 +595,7 @@ class SmtpSession(asyncio.Protocol):
             log("smtpd", "".join(parts))
         return verdict.reply
 
-    def _decide(self, where: str, request: Request, check, proceed):
+    def _decide(self, where: str, request: Request, check, proceed, in_parser: bool = True):
         """Runs a restriction check and hands its refusal (or None) to proceed. A check that needs
         the DNS or a policy server pauses the session until the answers are in, then runs again;
         what proceed returns tells the parser whether to wait (True) or go on."""
@@ -584,11 +603,46 @@ class SmtpSession(asyncio.Protocol):
         try:
             verdict = restrictions.evaluate(check, request, self.check_state)
         except Exception as error:  # a defect must not lose the session: refuse for now
-            return proceed(self._check_failed(error))
-        if verdict.pending is None:
-            return proceed(self._apply(verdict, where, request))
-        self._check_task = self.server.loop.create_task(
-            self._decide_later(where, request, check, proceed, verdict.pending))
+            return self._proceed(proceed, self._check_failed(error), in_parser)
+        pending = verdict.pending
+        if pending is None:
+            return self._proceed(proceed, self._apply(verdict, where, request), in_parser)
+        if not self._ask_policy_now(pending, where, request, check, proceed):
+            self._check_task = self.server.loop.create_task(
+                self._decide_later(where, request, check, proceed, pending))
+        return True
+
+    def _proceed(self, proceed, refused: str | None, in_parser: bool):
+        if in_parser:
+            return proceed(refused)
+        # After a pause: the parser waits for this command's outcome before it goes on.
+        self._last_activity = self.server.loop.time()
+        waits = proceed(refused)
+        self.flush_replies()
+        if not waits and not self.closing:
+            self._resume_parser()
+        return waits
+
+    def _ask_policy_now(self, pending, where: str, request: Request, check, proceed) -> bool:
+        """The common wait, one policy question with a kept connection free, without a task."""
+        if len(pending) != 1 or pending[0][0] != "policy":
+            return False
+        question = pending[0]
+        future = self.settings.restrictions.policy_client(question[1]).try_ask(question[2])
+        if future is None:
+            return False
+
+        def answered(future) -> None:
+            if future.cancelled() or self.transport is None:
+                return
+            if future.exception() is not None:  # ask again, with the configured retries
+                self._check_task = self.server.loop.create_task(
+                    self._decide_later(where, request, check, proceed, pending))
+                return
+            request.answers.known[question] = future.result()
+            self._decide(where, request, check, proceed, in_parser=False)
+
+        future.add_done_callback(answered)
         return True
 
     async def _decide_later(self, where: str, request: Request, check, proceed, pending) -> None:
@@ -607,11 +661,7 @@ class SmtpSession(asyncio.Protocol):
             refused = self._check_failed(error)
         finally:
             self._check_task = None
-        self._last_activity = self.server.loop.time()
-        waits = proceed(refused)
-        self.flush_replies()
-        if not waits and not self.closing:
-            self._resume_parser()
+        self._proceed(proceed, refused, in_parser=False)
 
     def _check_failed(self, error: Exception) -> str:
         self.server.log("smtpd", f"warning: restriction check failed: {type(error).__name__}: {error}")

@@ -30,6 +30,7 @@ class SmtpdSettings:
         self.recipient_overshoot_limit: int = get("smtpd_recipient_overshoot_limit")
         self.line_length_limit: int = get("line_length_limit")
         self.timeout: float = get("smtpd_timeout")
+        self.stress = False  # True in the copy under_stress() makes
         self.hard_error_limit: int = get("smtpd_hard_error_limit")
         self.junk_command_limit: int = get("smtpd_junk_command_limit")
         self.soft_error_limit: int = get("smtpd_soft_error_limit")
@@ -66,6 +67,7 @@ class SmtpdSettings:
         values (short timeouts, one error) with everything else shared."""
         stressed_config = config.under_stress()
         stressed = copy.copy(self)
+        stressed.stress = True
         stressed.timeout = stressed_config.get("smtpd_timeout")
         stressed.hard_error_limit = stressed_config.get("smtpd_hard_error_limit")
         stressed.junk_command_limit = stressed_config.get("smtpd_junk_command_limit")

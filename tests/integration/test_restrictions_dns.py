@@ -263,6 +263,22 @@ def test_policy_service_is_asked_per_recipient(lists_mta, connect):
         assert policy.connections <= 2  # one per worker at most
 
 
+def test_policy_server_that_hangs_up_is_asked_again(lists_mta, connect):
+    """A kept connection that the server closes instead of answering: the request goes again
+    over a new connection, as smtpd_policy_service_try_limit allows."""
+    answers = iter(["DUNNO", None, "REJECT asked twice"])
+    with PolicyServer(lambda request: next(answers)) as policy:
+        mta = lists_mta({RECIPIENT_RESTRICTIONS: f"check_policy_service inet:127.0.0.1:{policy.port}, "
+                                                 "reject_unauth_destination", "worker_count": "1"})
+        client = connect(mta, source="127.0.0.9")
+        assert transaction(client, "a@good.test", "one@example.test")[1][0] == 250
+        assert client.command("RCPT TO:<two@example.test>") == (
+            554, "554 5.7.1 <two@example.test>: Recipient address rejected: asked twice")
+        assert [request["recipient"] for request in policy.requests] == [
+            "one@example.test", "two@example.test", "two@example.test"]
+        assert policy.connections == 2
+
+
 def test_policy_service_that_cannot_be_reached(lists_mta, connect):
     port = free_port()
     mta = lists_mta({RECIPIENT_RESTRICTIONS: f"check_policy_service inet:127.0.0.1:{port}, "

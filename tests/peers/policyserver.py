@@ -4,6 +4,8 @@ the answer `action=...` and an empty line), on its own thread and event loop.
     with PolicyServer(lambda request: "DUNNO") as server:
         ... check_policy_service inet:127.0.0.1:{server.port} ...
         server.requests   every request received, as dicts, in order
+
+decide() may return None: the server then hangs up without answering.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class PolicyServer:
                     name, _, value = text.partition("=")
                     request[name] = value
                 self.requests.append(request)
-                writer.write(f"action={self.decide(request)}\n\n".encode())
+                action = self.decide(request)
+                if action is None:  # hang up without an answer
+                    return
+                writer.write(f"action={action}\n\n".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
