@@ -113,7 +113,7 @@ def parse_policy_service(spec: str, get: Callable[[str], object], queue_director
     return PolicyService(transport=transport, address=address, **values)
 
 
-def request_text(attributes: Mapping[str, str]) -> bytes:
+def request_text(attributes: Mapping[str, object]) -> bytes:
     """The request as sent: one name=value line per attribute (line breaks in values replaced,
     so that no value can end the request early), then an empty line."""
     text = "".join([f"{name}={value}\n" for name, value in attributes.items()])
@@ -236,17 +236,10 @@ class PolicyClient:
         coroutine; None when the request must go through query_text (no idle connection).
         The future fails on a timeout or a broken connection; the caller then asks again
         through query_text, which retries as configured."""
-        now = time.monotonic()
-        service = self.service
-        while self._idle:
-            connection = self._idle.pop()
-            if (connection.lost or now - connection.last_used > service.max_idle
-                    or now - connection.opened > service.max_ttl):
-                self._discard(connection)
-                continue
-            break
-        else:
+        connection = self._idle_connection()
+        if connection is None:
             return None
+        service = self.service
         future = connection.ask(request)
         timer = asyncio.get_running_loop().call_later(service.timeout, _expire, future, service.timeout)
 
@@ -260,7 +253,8 @@ class PolicyClient:
         future.add_done_callback(done)
         return future
 
-    async def _connection(self) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
+        """A kept connection that may still be used (smtpd_policy_service_max_idle, _max_ttl)."""
         now = time.monotonic()
         service = self.service
         while self._idle:
@@ -270,6 +264,13 @@ class PolicyClient:
                 self._discard(connection)
                 continue
             return connection
+        return None
+
+    async def _connection(self) -> _Connection:
+        connection = self._idle_connection()
+        if connection is not None:
+            return connection
+        service = self.service
         loop = asyncio.get_running_loop()
         if service.transport == "inet":
             host, _, port = service.address.rpartition(":")

@@ -252,6 +252,13 @@ class _Run:
         self.verdict.reply = reply
         return REJECT
 
+    def table_error(self, error: TableError, reply_name: str) -> int:
+        """A table that failed: for now (451 4.3.0, as Postfix), or for good (server error)."""
+        if isinstance(error, TableTemporaryError):
+            self.verdict.events.append(("warning", str(error)))
+            return self.reject(451, "4.3.0", f"<{reply_name}>: Temporary lookup failure", policy=False)
+        return self.server_error(str(error))
+
     def server_error(self, warning: str) -> int:
         self.verdict.events.append(("warning", warning))
         return self.reject(*SERVER_ERROR, policy=False)
@@ -402,11 +409,8 @@ class _Run:
             keys.insert(1, local.lower())
         try:
             found = maps.find(keys)
-        except TableTemporaryError as error:
-            self.verdict.events.append(("warning", str(error)))
-            return self.reject(451, "4.3.0", f"<{reply_name}>: Temporary lookup failure", policy=False)
         except TableError as error:
-            return self.server_error(str(error))
+            return self.table_error(error, reply_name)
         owners = [name for name in found.replace(",", " ").split()] if found else []
         if user:
             if not authenticated_check:
@@ -461,20 +465,16 @@ class _Run:
     def check_unknown(self, restriction: str) -> int:
         owner = self.owner
         request = self.request
-        if restriction in ("reject_unknown_client_hostname", "reject_unknown_client"):
-            status = request.client_name_status
-            if status != "ok":
-                code = owner.unknown_client_reject_code if status == "permanent" else 450
-                return self.reject(code, "4.7.25", "Client host rejected: cannot find your hostname, "
-                                                   f"[{request.client_addr}]")
-            return DUNNO
-        if restriction == "reject_unknown_reverse_client_hostname":
-            status = request.reverse_client_name_status
-            if status != "ok":
-                code = owner.unknown_client_reject_code if status == "permanent" else 450
-                return self.reject(code, "4.7.1", "Client host rejected: cannot find your reverse "
-                                                  f"hostname, [{request.client_addr}]")
-            return DUNNO
+        if restriction in ("reject_unknown_client_hostname", "reject_unknown_client",
+                           "reject_unknown_reverse_client_hostname"):
+            reverse = restriction == "reject_unknown_reverse_client_hostname"
+            status = request.reverse_client_name_status if reverse else request.client_name_status
+            if status == "ok":
+                return DUNNO
+            code = owner.unknown_client_reject_code if status == "permanent" else 450
+            return self.reject(code, "4.7.1" if reverse else "4.7.25",
+                               f"Client host rejected: cannot find your {'reverse ' if reverse else ''}"
+                               f"hostname, [{request.client_addr}]")
         if restriction in ("reject_unknown_helo_hostname", "reject_unknown_hostname"):
             helo = request.helo
             if not helo or helo.startswith("["):
@@ -547,12 +547,8 @@ class _Run:
             return DUNNO
         try:
             found = maps.find([tls.peer_fingerprint])
-        except TableTemporaryError as error:
-            self.verdict.events.append(("warning", str(error)))
-            return self.reject(451, "4.3.0", f"<{self.request.client_label}>: Temporary lookup failure",
-                               policy=False)
         except TableError as error:
-            return self.server_error(str(error))
+            return self.table_error(error, self.request.client_label)
         return OK if found is not None else DUNNO
 
     # ---- restrictions with an argument that ask the DNS or a policy server --------------------
@@ -749,11 +745,8 @@ class _Run:
                 found = maps.search(keys) if keys else None
                 if found is not None:
                     return self.table_result(spec, found[1], reply_name, reply_class, default_access)
-        except TableTemporaryError as error:
-            self.verdict.events.append(("warning", str(error)))
-            return self.reject(451, "4.3.0", f"<{reply_name}>: Temporary lookup failure", policy=False)
         except TableError as error:
-            return self.server_error(str(error))
+            return self.table_error(error, reply_name)
         return None
 
     def policy(self, spec: str, reply_name: str, reply_class: str, default_access: str | None) -> int:
@@ -782,44 +775,33 @@ class _Run:
         owner = self.owner
         # The reply names what the table was asked about, whatever the stage.
         reply_class = TABLE_RESTRICTIONS[restriction]
-        maps = owner.tables[spec]
         request = self.request
-        try:
-            if restriction == "check_client_access":
-                searches = [access.domain_keys(request.client_name, owner.parent_style),
-                            access.network_keys(request.client_addr)]
-                reply_name = request.client_label
-            elif restriction == "check_helo_access":
-                if not request.helo:
-                    return DUNNO
-                searches = [access.domain_keys(request.helo, owner.parent_style)]
-                reply_name = request.helo
+        if restriction == "check_client_access":
+            searches = [access.domain_keys(request.client_name, owner.parent_style),
+                        access.network_keys(request.client_addr)]
+            reply_name = request.client_label
+        elif restriction == "check_helo_access":
+            if not request.helo:
+                return DUNNO
+            searches = [access.domain_keys(request.helo, owner.parent_style)]
+            reply_name = request.helo
+        else:
+            address = request.sender if restriction == "check_sender_access" else request.recipient
+            if address is None:
+                return DUNNO
+            reply_name = internal_form(address)
+            if address == "":
+                searches = [[owner.null_access_lookup_key]]
             else:
-                address = request.sender if restriction == "check_sender_access" else request.recipient
-                if address is None:
-                    return DUNNO
-                reply_name = internal_form(address)
-                if address == "":
-                    searches = [[owner.null_access_lookup_key]]
-                else:
-                    searches = [access.address_keys(owner.resolve(address).address,
-                                                    owner.recipient_delimiter, owner.parent_style)]
-            for keys in searches:
-                found = maps.search(keys) if keys else None
-                if found is not None:
-                    status = self.table_result(spec, found[1], reply_name, reply_class, default_access)
-                    if (status == OK and restriction == "check_recipient_access"
-                            and not owner.allow_untrusted_routing
-                            and owner.resolve(request.recipient).routed):
-                        # A source-routed recipient is never let through by a table's OK.
-                        return DUNNO
-                    return status
-        except TableTemporaryError as error:
-            self.verdict.events.append(("warning", str(error)))
-            return self.reject(451, "4.3.0", f"<{reply_name}>: Temporary lookup failure", policy=False)
-        except TableError as error:
-            return self.server_error(str(error))
-        return DUNNO
+                searches = [access.address_keys(owner.resolve(address).address,
+                                                owner.recipient_delimiter, owner.parent_style)]
+        status = self.search_keys(owner.tables[spec], spec, searches, reply_name, reply_class, default_access)
+        if status is None:
+            return DUNNO
+        if (status == OK and restriction == "check_recipient_access" and not owner.allow_untrusted_routing
+                and owner.resolve(request.recipient).routed):
+            return DUNNO  # a source-routed recipient is never let through by a table's OK
+        return status
 
     def table_result(self, spec: str, value: str, reply_name: str, reply_class: str,
                      default_access: str | None) -> int:
@@ -1056,14 +1038,7 @@ class Restrictions:
             # A bare type:table in a class stands for the access check of the stage that uses it.
             self.classes[name] = self._compile(name, text, "check_recipient_access")
         # smtpd_sender_login_maps, for reject_sender_login_mismatch and its variants.
-        self.sender_login_maps: Maps | None = None
-        login_maps = [spec for spec in get("smtpd_sender_login_maps") if spec]
-        if login_maps:
-            try:
-                self.sender_login_maps = Maps("smtpd_sender_login_maps", login_maps,
-                                              lambda spec: open_table(spec, self._options), self._warn)
-            except TableError as error:
-                raise ConfigError(self.main_cf, None, f"smtpd_sender_login_maps: {error}") from None
+        self.sender_login_maps = self._optional_maps(config, "smtpd_sender_login_maps")
         self.lists = {stage: self._compile(parameter, config.expanded(parameter), _DEFAULT_ACCESS.get(stage))
                       for stage, parameter in STAGE_PARAMETERS.items()}
         if not (self._has_required(self.lists["relay"]) or self._has_required(self.lists["recipient"])):
@@ -1359,10 +1334,7 @@ class Restrictions:
 
     def close(self) -> None:
         self.close_policy_clients()
-        for maps in (self.rbl_reply_maps, self.relay_clientcerts):
+        for maps in (self.rbl_reply_maps, self.relay_clientcerts, self.sender_login_maps,
+                     *self.tables.values()):
             if maps is not None:
                 maps.close()
-        for maps in self.tables.values():
-            maps.close()
-        if self.sender_login_maps is not None:
-            self.sender_login_maps.close()

@@ -539,32 +539,24 @@ class SmtpSession(asyncio.Protocol):
         if cached is None or cached[0] != key:
             cached = self._policy_session_text = (key, self._policy_session_part())
         counted = where in ("DATA", "END-OF-MESSAGE")
-        text = (f"request=smtpd_access_policy\nprotocol_state={where}\n"
-                f"protocol_name={'ESMTP' if self.esmtp else 'SMTP'}\nhelo_name={helo}\n"
-                f"queue_id={self.queue_id or ''}\nsender={sender}\nrecipient={recipient}\n"
-                f"recipient_count={len(self.recipients) if counted else 0}\n"
-                f"instance={os.getpid():x}.{id(self):x}.{self.transactions:x}\n"
-                f"sasl_sender={self.sasl_sender or ''}\nsize={self.mail_params.get('SIZE') or '0'}\n"
-                f"policy_context={context}\n")
-        if "\r" in text or text.count("\n") != 12:  # a value must not end a line early
-            text = policy_text({"request": "smtpd_access_policy", "protocol_state": where,
-                                "protocol_name": "ESMTP" if self.esmtp else "SMTP", "helo_name": helo,
-                                "queue_id": self.queue_id or "", "sender": sender, "recipient": recipient,
-                                "recipient_count": str(len(self.recipients) if counted else 0),
-                                "instance": f"{os.getpid():x}.{id(self):x}.{self.transactions:x}",
-                                "sasl_sender": self.sasl_sender or "",
-                                "size": self.mail_params.get("SIZE") or "0", "policy_context": context}
-                               ).decode("utf-8", "surrogateescape")[:-1]
-        return (text + cached[1]).encode("utf-8", "surrogateescape")
+        lines = policy_text({
+            "request": "smtpd_access_policy", "protocol_state": where,
+            "protocol_name": "ESMTP" if self.esmtp else "SMTP", "helo_name": helo,
+            "queue_id": self.queue_id or "", "sender": sender, "recipient": recipient,
+            "recipient_count": len(self.recipients) if counted else 0,
+            "instance": f"{os.getpid():x}.{id(self):x}.{self.transactions:x}",
+            "sasl_sender": self.sasl_sender or "", "size": self.mail_params.get("SIZE") or "0",
+            "policy_context": context})
+        return lines[:-1] + cached[1]  # one request: the empty line that ends it comes last
 
-    def _policy_session_part(self) -> str:
+    def _policy_session_part(self) -> bytes:
         tls = self.tls
         sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
         return policy_text({
             "client_address": self.client_addr, "client_name": self.client_name,
-            "client_port": str(self.client_port),
+            "client_port": self.client_port,
             "reverse_client_name": self.client_names.reverse_name,
-            "server_address": sock[0] if sock else "", "server_port": str(sock[1]) if sock else "",
+            "server_address": sock[0] if sock else "", "server_port": sock[1] if sock else "",
             "sasl_method": self.sasl_method or "", "sasl_username": self.sasl_username or "",
             "ccert_subject": (tls.peer_subject_cn or "") if tls else "",
             "ccert_issuer": (tls.peer_issuer_cn or "") if tls else "",
@@ -572,10 +564,10 @@ class SmtpSession(asyncio.Protocol):
             "ccert_pubkey_fingerprint": "",
             "encryption_protocol": tls.protocol if tls else "",
             "encryption_cipher": tls.cipher if tls else "",
-            "encryption_keysize": str(tls.bits) if tls else "0",
+            "encryption_keysize": tls.bits if tls else 0,
             "etrn_domain": "", "stress": "yes" if self.settings.stress else "",
             "compatibility_level": "3.6", "mail_version": "pyfastmta",
-        }).decode("utf-8", "surrogateescape")
+        })
 
     def _apply(self, verdict: Verdict, stage: str, request: Request) -> str | None:
         """Writes the check's log lines as Postfix does; the reply when it refused."""

@@ -329,19 +329,25 @@ def test_sessions_resume_on_every_worker(make_mta, certificate):
     assert len(set(re.findall(r"smtpd\[(\d+)\]: Anonymous TLS connection", mta.log_text()))) == 2
 
 
-def test_client_certificate_fingerprint(make_mta, certificate, tmp_path):
-    ca_file, cert_file, key_file, der = client_certificate(tmp_path / "tls")
-    mta = make_mta(tls_settings(certificate, smtpd_tls_ask_ccert="yes", smtpd_tls_CAfile=str(ca_file)))
+def sender_with_certificate(mta, cert_file, key_file) -> TlsClient:
+    """A client that presents its certificate after STARTTLS and has said EHLO and MAIL FROM."""
     context = client_context()
     context.load_cert_chain(cert_file, key_file)
     client = TlsClient(mta.host, mta.port)
+    assert client.reply()[0] == 220
+    assert client.command("EHLO client.example.org")[0] == 250
+    assert client.command("STARTTLS")[0] == 220
+    client.start_tls(context)
+    assert client.command("EHLO client.example.org")[0] == 250
+    assert client.command("MAIL FROM:<alice@example.org>")[0] == 250
+    return client
+
+
+def test_client_certificate_fingerprint(make_mta, certificate, tmp_path):
+    ca_file, cert_file, key_file, der = client_certificate(tmp_path / "tls")
+    mta = make_mta(tls_settings(certificate, smtpd_tls_ask_ccert="yes", smtpd_tls_CAfile=str(ca_file)))
+    client = sender_with_certificate(mta, cert_file, key_file)
     try:
-        assert client.reply()[0] == 220
-        assert client.command("EHLO client.example.org")[0] == 250
-        assert client.command("STARTTLS")[0] == 220
-        client.start_tls(context)
-        assert client.command("EHLO client.example.org")[0] == 250
-        assert client.command("MAIL FROM:<alice@example.org>")[0] == 250
         assert client.command("RCPT TO:<bob@example.test>")[0] == 250
         assert client.command("DATA")[0] == 354
         queue_id = queued_id(client.command("Subject: x\r\n\r\nbody\r\n.")[1])
@@ -364,16 +370,8 @@ def test_permit_tls_clientcerts_lets_a_listed_certificate_relay(make_mta, certif
     mta = make_mta(tls_settings(certificate, smtpd_tls_ask_ccert="yes", smtpd_tls_CAfile=str(ca_file),
                                 mynetworks="127.0.0.2/32", relay_clientcerts=f"texthash:{table}",
                                 smtpd_relay_restrictions="permit_tls_clientcerts, reject_unauth_destination"))
-    context = client_context()
-    context.load_cert_chain(cert_file, key_file)
-    client = TlsClient(mta.host, mta.port)
+    client = sender_with_certificate(mta, cert_file, key_file)
     try:
-        assert client.reply()[0] == 220
-        assert client.command("EHLO client.example.org")[0] == 250
-        assert client.command("STARTTLS")[0] == 220
-        client.start_tls(context)
-        assert client.command("EHLO client.example.org")[0] == 250
-        assert client.command("MAIL FROM:<alice@example.org>")[0] == 250
         reply = client.command("RCPT TO:<bob@elsewhere.example>")
     finally:
         client.close()
