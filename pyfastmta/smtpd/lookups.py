@@ -1,8 +1,9 @@
 """What restriction checks ask of the world: DNS record sets and policy servers' answers.
 
-A check runs synchronously (restrictions.py). When a restriction needs an answer that is not at
-hand it raises Pending with every question it could not answer; the session asks them (all at
-once), puts the answers in the check's Answers and runs the check again. An answer the worker's
+A restriction needs an answer that is not at hand: it raises Pending with every question it
+could not answer, the check stops there (restrictions.py), the session asks them (all at once),
+puts the answers in the check's Answers and resumes the check, which runs that restriction
+again. An answer the worker's
 DNS cache already holds is at hand at once, so a DNS list that every client is checked against
 costs a dictionary lookup, not a query, for as long as its answers' TTL allows.
 
@@ -73,8 +74,8 @@ class Answers:
         return found
 
     def policy_request(self, spec: str, build) -> bytes:
-        """The request text for a policy service, built once per check: the check runs again
-        with the same facts once the answer is in."""
+        """The request text for a policy service, built once per check: the restriction runs
+        again with the same facts once the answer is in."""
         text = self.requests.get(spec)
         if text is None:
             text = self.requests[spec] = build()

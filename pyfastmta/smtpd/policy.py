@@ -124,14 +124,15 @@ def request_text(attributes: Mapping[str, object]) -> bytes:
 
 class _Connection(asyncio.Protocol):
     """One connection to a policy server, carrying one request at a time (as each of Postfix's
-    smtpd processes does): the answer resolves the waiting future."""
+    smtpd processes does). The answer, or what went wrong, goes to the asker's callback:
+    answered(action, None) or answered(None, error)."""
 
     def __init__(self) -> None:
         self.transport = None
         self.opened = self.last_used = time.monotonic()
         self.requests = 0
         self._buffer = bytearray()
-        self._waiter: asyncio.Future | None = None
+        self._answered: Callable[[str | None, BaseException | None], None] | None = None
         self._action: str | None = None
         self.lost = False
 
@@ -140,19 +141,21 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.lost = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(asyncio.IncompleteReadError(bytes(self._buffer), None))
+        self.fail(asyncio.IncompleteReadError(bytes(self._buffer), None))
 
-    def ask(self, request: bytes) -> asyncio.Future:
-        self._waiter = asyncio.get_running_loop().create_future()
+    def ask(self, answered: Callable[[str | None, BaseException | None], None]) -> None:
+        """Waits for the answer to the request that the client writes next."""
+        self._answered = answered
         self._buffer.clear()
         self._action = None
-        self.transport.write(request)
-        return self._waiter
+
+    def fail(self, error: BaseException) -> None:
+        answered, self._answered = self._answered, None
+        if answered is not None:
+            answered(None, error)
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if self._answered is None:
             return  # nothing asked: a server that talks out of turn is not listened to
         buffer = self._buffer
         buffer += data
@@ -161,7 +164,7 @@ class _Connection(asyncio.Protocol):
             end = buffer.find(b"\n", start)
             if end < 0:
                 if len(buffer) - start > ANSWER_LINE_LIMIT:
-                    waiter.set_exception(PolicyAnswerError("answer line too long"))
+                    self.fail(PolicyAnswerError("answer line too long"))
                 del buffer[:start]
                 return
             line = bytes(buffer[start:end]).rstrip(b"\r")
@@ -169,14 +172,15 @@ class _Connection(asyncio.Protocol):
             if not line:
                 del buffer[:start]
                 if self._action is None:
-                    waiter.set_exception(PolicyAnswerError("answer without action"))
+                    self.fail(PolicyAnswerError("answer without action"))
                 else:
-                    waiter.set_result(self._action)
+                    answered, self._answered = self._answered, None
+                    answered(self._action, None)
                 return
             name, equals, value = line.partition(b"=")
             if not equals:
                 text = line.decode("utf-8", "surrogateescape")
-                waiter.set_exception(PolicyAnswerError(f'malformed answer line "{text[:100]}"'))
+                self.fail(PolicyAnswerError(f'malformed answer line "{text[:100]}"'))
                 return
             if name == b"action":
                 self._action = value.decode("utf-8", "surrogateescape")
@@ -190,7 +194,9 @@ class PolicyClient:
     """Requests to one policy service from one worker. Each request has a connection of its
     own while it is out: an idle one when there is one, else a new one (up to
     default_process_limit, as many as Postfix's smtpd processes could hold), so that sessions
-    never queue behind each other's questions."""
+    never queue behind each other's questions. The requests that sessions make while the
+    worker handles one batch of events are written together at its end, so that a policy
+    server that sleeps between requests is woken once for them."""
 
     def __init__(self, service: PolicyService, warn: Callable[[str], None] | None = None,
                  max_connections: int = 100) -> None:
@@ -199,6 +205,7 @@ class PolicyClient:
         self._idle: list[_Connection] = []
         self._max_connections = max(1, max_connections)
         self._slots: asyncio.Semaphore | None = None
+        self._unsent: list[tuple[_Connection, bytes]] = []
 
     async def query(self, attributes: Mapping[str, str]) -> str:
         """The action the service answers (for example "DUNNO" or "DEFER_IF_PERMIT Greylisted"),
@@ -219,7 +226,9 @@ class PolicyClient:
                 try:
                     async with asyncio.timeout(service.timeout):
                         connection = await self._connection()
-                        action = await connection.ask(request)
+                        answer = asyncio.get_running_loop().create_future()
+                        self._send(connection, request, lambda action, error: _settle(answer, action, error))
+                        action = await answer
                 except (OSError, TimeoutError, asyncio.IncompleteReadError, PolicyAnswerError) as error:
                     problem = _describe(error, service.timeout)
                     if connection is not None:
@@ -231,27 +240,41 @@ class PolicyClient:
                 self._warn(f"problem talking to server {service.name}: {problem}")
             return service.default_action
 
-    def try_ask(self, request: bytes) -> asyncio.Future | None:
-        """The answer's future when a kept connection can take the request now, without a
-        coroutine; None when the request must go through query_text (no idle connection).
-        The future fails on a timeout or a broken connection; the caller then asks again
-        through query_text, which retries as configured."""
+    def try_ask(self, request: bytes, answered: Callable[[str | None, BaseException | None], None]) -> bool:
+        """Asks over a kept connection, without a coroutine: answered(action, None) with the
+        answer, or answered(None, error) on a timeout or a broken connection (the caller then
+        asks again through query_text, which retries as configured). False when no kept
+        connection is free: the request must go through query_text."""
         connection = self._idle_connection()
         if connection is None:
-            return None
-        service = self.service
-        future = connection.ask(request)
-        timer = asyncio.get_running_loop().call_later(service.timeout, _expire, future, service.timeout)
+            return False
+        timeout = self.service.timeout
+        timer = asyncio.get_running_loop().call_later(
+            timeout, connection.fail, TimeoutError(f"no answer within {timeout:g}s"))
 
-        def done(answered: asyncio.Future) -> None:
+        def done(action: str | None, error: BaseException | None) -> None:
             timer.cancel()
-            if answered.cancelled() or answered.exception() is not None:
-                self._discard(connection)
-            else:
+            if error is None:
                 self._release(connection)
+            else:
+                self._discard(connection)
+            answered(action, error)
 
-        future.add_done_callback(done)
-        return future
+        self._send(connection, request, done)
+        return True
+
+    def _send(self, connection: _Connection, request: bytes,
+              answered: Callable[[str | None, BaseException | None], None]) -> None:
+        connection.ask(answered)
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._write_unsent)
+        self._unsent.append((connection, request))
+
+    def _write_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for connection, request in unsent:
+            if not connection.transport.is_closing():
+                connection.transport.write(request)
 
     def _idle_connection(self) -> _Connection | None:
         """A kept connection that may still be used (smtpd_policy_service_max_idle, _max_ttl)."""
@@ -297,9 +320,13 @@ class PolicyClient:
         self._idle.clear()
 
 
-def _expire(future: asyncio.Future, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError(f"no answer within {timeout:g}s"))
+def _settle(future: asyncio.Future, action: str | None, error: BaseException | None) -> None:
+    if future.done():
+        return  # given up on (a timeout)
+    if error is None:
+        future.set_result(action)
+    else:
+        future.set_exception(error)
 
 
 def _describe(error: BaseException, timeout: float) -> str:

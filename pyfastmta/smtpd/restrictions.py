@@ -2,12 +2,16 @@
 Postfix's semantics.
 
 The lists are compiled once, when the settings are built: every name is checked, every table is
-opened, and a mistake is a ConfigError naming main.cf and the parameter. Evaluating them is
-synchronous and pure: a check reads the facts of one request (client, HELO name, sender,
-recipient, pipelining) and the session's carried-over flags (CheckState), and returns the reply
-to send or None, with the log lines ("reject:", "reject_warning:", "warn:" ...) for the session to
-write. Nothing is written while a list runs, so a session may evaluate a stage again once it
-knows more (a restriction that needs an answer from DNS can be given one fact at a time).
+opened, and a mistake is a ConfigError naming main.cf and the parameter. A check reads the facts
+of one request (client, HELO name, sender, recipient, pipelining) and the session's
+carried-over flags (CheckState), and returns the reply to send or None, with the log lines
+("reject:", "reject_warning:", "warn:" ...) for the session to write; it writes nothing itself.
+
+A check is a generator (Restrictions.evaluate drives it): a restriction that needs an answer
+the worker does not have at hand (DNS, a policy server; lookups.py) raises Pending, and the list
+walker yields those questions. The session asks them and resumes the check where it stopped,
+so nothing before that restriction runs twice. A restriction asks before it acts: it raises
+Pending before it logs or changes anything, so that it can simply be run again.
 
 Results of one restriction, as in Postfix: DUNNO goes on with the next restriction, OK ends
 the list (the stage passes; the next stage still runs), REJECT ends the whole check.
@@ -117,7 +121,7 @@ class Request:
     __slots__ = ("client_name", "client_addr", "in_mynetworks", "helo", "sender", "recipient",
                  "smtputf8", "illegal_pipelining", "sasl_username", "client_name_status",
                  "reverse_client_name", "reverse_client_name_status", "tls", "answers",
-                 "policy_request")
+                 "policy_request", "walk")
 
     def __init__(self, *, client_name: str, client_addr: str, in_mynetworks: bool,
                  helo: str | None = None, sender: str | None = None, recipient: str | None = None,
@@ -142,6 +146,7 @@ class Request:
         self.answers = answers  # DNS and policy answers (lookups.py); None when no check asks
         # (helo, sender, recipient, policy_context) -> the session's policy request, as sent
         self.policy_request = policy_request
+        self.walk = None  # the check that stopped for answers (Restrictions.evaluate)
 
     @property
     def client_label(self) -> str:
@@ -185,15 +190,6 @@ class CheckState:
         self.discard = None
         self.reset_message_actions()
 
-    def snapshot(self) -> list:
-        # Only the lists change in place; every other value is replaced when it changes.
-        return [value.copy() if isinstance(value, list) else value
-                for value in map(self.__getattribute__, self.__slots__)]
-
-    def restore(self, saved: list) -> None:
-        for name, value in zip(self.__slots__, saved):
-            setattr(self, name, value)
-
 
 class Verdict:
     """The outcome of one check: reply (None: go on), and (what, text) log events, what being
@@ -207,6 +203,18 @@ class Verdict:
         self.events: list[tuple[str, str]] = []
         # Questions to answer before the check can decide (lookups.py); None when it decided.
         self.pending: list[tuple] | None = None
+
+
+class _Nested:
+    """A restriction's outcome that is another list to walk: a restriction class, or the
+    restrictions an access table or a policy server answered with. ok_status: what the list's
+    OK counts as (DUNNO for a source-routed recipient, which a table never lets through)."""
+
+    __slots__ = ("words", "ok_status")
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+        self.ok_status = OK
 
 
 class _Run:
@@ -282,7 +290,9 @@ class _Run:
     # ---- the list walker --------------------------------------------------------------------
 
     def run_list(self, words: list[str], reply_name: str, reply_class: str,
-                 default_access: str | None) -> int:
+                 default_access: str | None):
+        """Walks one list (a generator: it yields the questions a restriction is waiting for
+        and returns the list's status)."""
         self.recursion += 1
         saved = self.recursion - 1
         status = DUNNO
@@ -306,18 +316,30 @@ class _Run:
                             f'restriction "{name}"')
                         break
                     lowered, position = default_access, position - 1
+                argument = None
                 if lowered in ARGUMENT_RESTRICTIONS:
                     argument = words[position] if position < len(words) else None
                     position += 1
-                    if argument is None:
-                        status = self.server_error(f"restriction {lowered} requires an argument")
-                    elif lowered in TABLE_RESTRICTIONS:
-                        status = self.table_restriction(lowered, argument, reply_class, default_access)
-                    else:
-                        status = self.asking(lowered, argument, reply_name, reply_class, default_access)
-                else:
-                    status = self.simple(lowered, name, reply_name, reply_class, default_access,
-                                         more=position < len(words))
+                while True:
+                    try:
+                        if argument is not None:
+                            if lowered in TABLE_RESTRICTIONS:
+                                status = self.table_restriction(lowered, argument)
+                            else:
+                                status = self.asking(lowered, argument, reply_name, reply_class)
+                        elif lowered in ARGUMENT_RESTRICTIONS:
+                            status = self.server_error(f"restriction {lowered} requires an argument")
+                        else:
+                            status = self.simple(lowered, name, reply_name, reply_class)
+                        break
+                    except Pending as pending:
+                        questions = pending.questions
+                    yield questions  # the same restriction runs again once they are answered
+                if type(status) is _Nested:
+                    nested = status
+                    status = yield from self.run_list(nested.words, reply_name, reply_class, default_access)
+                    if status == OK:
+                        status = nested.ok_status
                 if self.warn_if_reject >= self.recursion:
                     self.warn_if_reject = 0
                 if status != DUNNO:
@@ -330,8 +352,7 @@ class _Run:
                 self.warn_if_reject = 0
         return status
 
-    def simple(self, lowered: str, name: str, reply_name: str, reply_class: str,
-               default_access: str | None, more: bool) -> int:
+    def simple(self, lowered: str, name: str, reply_name: str, reply_class: str) -> int | _Nested:
         owner = self.owner
         request = self.request
         recipient = request.recipient
@@ -386,7 +407,7 @@ class _Run:
             return self.check_client_certificate(lowered == "permit_tls_all_clientcerts")
         words = owner.classes.get(lowered)
         if words is not None:
-            return self.run_list(words, reply_name, reply_class, default_access)
+            return _Nested(words)
         return self.server_error(f'unknown smtpd restriction: "{name}"')
 
     def check_sender_login(self, restriction: str) -> int:
@@ -553,13 +574,12 @@ class _Run:
 
     # ---- restrictions with an argument that ask the DNS or a policy server --------------------
 
-    def asking(self, restriction: str, argument: str, reply_name: str, reply_class: str,
-               default_access: str | None) -> int:
+    def asking(self, restriction: str, argument: str, reply_name: str, reply_class: str) -> int | _Nested:
         if restriction in DNSXL_RESTRICTIONS:
             return self.dns_list(restriction, argument)
         if restriction in SERVER_ACCESS_RESTRICTIONS:
-            return self.server_access(restriction, argument, default_access)
-        return self.policy(argument, reply_name, reply_class, default_access)
+            return self.server_access(restriction, argument)
+        return self.policy(argument, reply_name, reply_class)
 
     def dns_list(self, restriction: str, argument: str) -> int:
         owner = self.owner
@@ -632,7 +652,7 @@ class _Run:
         dsn, text = access.dsn_split("4.7.1", reply[4:])
         return self.reject(int(reply[:3]), access.dsn_fix(dsn, reply_class), text or "Service unavailable")
 
-    def server_access(self, restriction: str, spec: str, default_access: str | None) -> int:
+    def server_access(self, restriction: str, spec: str) -> int | _Nested:
         """check_*_mx_access, _ns_access, _a_access: the table is searched with the names of the
         domain's mail exchangers or name servers (or the host itself), then their addresses."""
         owner = self.owner
@@ -659,8 +679,7 @@ class _Run:
             literal = _literal_address(domain)
             if rdtype == NS or literal is None:
                 return DUNNO
-            return self.search_keys(maps, spec, [access.network_keys(literal)], reply_name, reply_class,
-                                    default_access)
+            return self.search_keys(maps, spec, [access.network_keys(literal)], reply_name, reply_class)
         try:
             ascii_name = domain if domain.isascii() else domain.encode("idna").decode("ascii")
         except UnicodeError:
@@ -681,13 +700,13 @@ class _Run:
         for server in servers:
             if access.is_host_address(server):
                 status = self.search_keys(maps, spec, [access.network_keys(server)], reply_name,
-                                          reply_class, default_access)
+                                          reply_class)
                 if status is not None:
                     return status
                 continue
             if rdtype != A:
                 status = self.search_keys(maps, spec, [access.domain_keys(server, owner.parent_style)],
-                                          reply_name, reply_class, default_access)
+                                          reply_name, reply_class)
                 if status is not None:
                     return status
             for t in family_types:
@@ -702,7 +721,7 @@ class _Run:
                                                     f"{reply_class} {reply_name} -- ignoring the remainder"))
                         return DUNNO
                     status = self.search_keys(maps, spec, [access.network_keys(address)], reply_name,
-                                              reply_class, default_access)
+                                              reply_class)
                     if status is not None:
                         return status
         return DUNNO
@@ -737,19 +756,19 @@ class _Run:
             return [host for host in hosts if host]
         return list(records)
 
-    def search_keys(self, maps, spec: str, searches: list[list[str]], reply_name: str, reply_class: str,
-                    default_access: str | None) -> int | None:
+    def search_keys(self, maps, spec: str, searches: list[list[str]], reply_name: str,
+                    reply_class: str) -> int | _Nested | None:
         """A table result for the first key found (its status), or None when no key is."""
         try:
             for keys in searches:
                 found = maps.search(keys) if keys else None
                 if found is not None:
-                    return self.table_result(spec, found[1], reply_name, reply_class, default_access)
+                    return self.table_result(spec, found[1], reply_name, reply_class)
         except TableError as error:
             return self.table_error(error, reply_name)
         return None
 
-    def policy(self, spec: str, reply_name: str, reply_class: str, default_access: str | None) -> int:
+    def policy(self, spec: str, reply_name: str, reply_class: str) -> int | _Nested:
         """check_policy_service: the server's action is read as an access table's."""
         request = self.request
 
@@ -766,12 +785,11 @@ class _Run:
                 self.verdict.events.append(("warning", f"malformed UTF-8 in policy server {spec} "
                                                        f"response: \"{action}\""))
                 action = self.owner.policy_services[spec].default_action
-        return self.table_result(spec, action, reply_name, reply_class, default_access)
+        return self.table_result(spec, action, reply_name, reply_class)
 
     # ---- access tables ----------------------------------------------------------------------
 
-    def table_restriction(self, restriction: str, spec: str, reply_class: str,
-                          default_access: str | None) -> int:
+    def table_restriction(self, restriction: str, spec: str) -> int | _Nested:
         owner = self.owner
         # The reply names what the table was asked about, whatever the stage.
         reply_class = TABLE_RESTRICTIONS[restriction]
@@ -795,16 +813,18 @@ class _Run:
             else:
                 searches = [access.address_keys(owner.resolve(address).address,
                                                 owner.recipient_delimiter, owner.parent_style)]
-        status = self.search_keys(owner.tables[spec], spec, searches, reply_name, reply_class, default_access)
+        status = self.search_keys(owner.tables[spec], spec, searches, reply_name, reply_class)
         if status is None:
             return DUNNO
-        if (status == OK and restriction == "check_recipient_access" and not owner.allow_untrusted_routing
-                and owner.resolve(request.recipient).routed):
-            return DUNNO  # a source-routed recipient is never let through by a table's OK
+        if ((status == OK or type(status) is _Nested) and restriction == "check_recipient_access"
+                and not owner.allow_untrusted_routing and owner.resolve(request.recipient).routed):
+            # A source-routed recipient is never let through by a table's OK.
+            if status == OK:
+                return DUNNO
+            status.ok_status = DUNNO
         return status
 
-    def table_result(self, spec: str, value: str, reply_name: str, reply_class: str,
-                     default_access: str | None) -> int:
+    def table_result(self, spec: str, value: str, reply_name: str, reply_class: str) -> int | _Nested:
         owner = self.owner
         action = access.parse_action(value, reject_code=owner.access_map_reject_code,
                                      defer_code=owner.access_map_defer_code,
@@ -887,7 +907,7 @@ class _Run:
             return self.server_error(f"access table {spec} entry {value} causes unreasonable recursion")
         if not action.words:
             return OK
-        return self.run_list(action.words, reply_name, reply_class, default_access)
+        return _Nested(action.words)
 
 
 def internal_form(address: str) -> str:
@@ -1252,43 +1272,48 @@ class Restrictions:
         return resolved.address_class in ("local", "virtual", "relay")
 
     # ---- the stages, as smtpd runs them ------------------------------------------------------
+    # Each check is a generator: it yields the questions it waits for and returns its Verdict
+    # (evaluate drives it).
 
     def _stage(self, stage: str, request: Request, state: CheckState, defer_if_permit,
-               reply_name: str, reply_class: str) -> tuple[_Run, int]:
+               reply_name: str, reply_class: str):
         run = _Run(self, request, state, defer_if_permit)
         words = self.lists[stage]
-        status = run.run_list(words, reply_name, reply_class, _DEFAULT_ACCESS.get(stage)) if words else DUNNO
+        status = DUNNO
+        if words:
+            status = yield from run.run_list(words, reply_name, reply_class, _DEFAULT_ACCESS.get(stage))
         return run, status
 
-    def check_client(self, request: Request, state: CheckState) -> Verdict:
-        run, status = self._stage("client", request, state, None, request.client_label, CLIENT)
+    def check_client(self, request: Request, state: CheckState):
+        run, status = yield from self._stage("client", request, state, None, request.client_label, CLIENT)
         state.defer_if_permit_client = run.defer_if_permit
         return run.verdict
 
-    def check_helo(self, request: Request, state: CheckState) -> Verdict:
+    def check_helo(self, request: Request, state: CheckState):
         if request.helo is None:
             return Verdict()
-        run, status = self._stage("helo", request, state, state.defer_if_permit_client, request.helo, HELO)
+        run, status = yield from self._stage("helo", request, state, state.defer_if_permit_client,
+                                             request.helo, HELO)
         state.defer_if_permit_helo = run.defer_if_permit
         return run.verdict
 
-    def check_mail(self, request: Request, state: CheckState) -> Verdict:
+    def check_mail(self, request: Request, state: CheckState):
         if request.sender is None:
             return Verdict()
-        run, status = self._stage("sender", request, state,
-                                  state.defer_if_permit_client or state.defer_if_permit_helo,
-                                  internal_form(request.sender), SENDER)
+        run, status = yield from self._stage("sender", request, state,
+                                             state.defer_if_permit_client or state.defer_if_permit_helo,
+                                             internal_form(request.sender), SENDER)
         state.defer_if_permit_sender = run.defer_if_permit
         return run.verdict
 
-    def check_rcpt(self, request: Request, state: CheckState) -> Verdict:
+    def check_rcpt(self, request: Request, state: CheckState):
         recipient = request.recipient
         if recipient.lower() == "postmaster":
             return Verdict()
         events: list[tuple[str, str]] = []
         if self.delay_reject:
             for check in (self.check_client, self.check_helo, self.check_mail):
-                verdict = check(request, state)
+                verdict = yield from check(request, state)
                 events += verdict.events
                 if verdict.reply is not None:
                     verdict.events = events
@@ -1301,36 +1326,47 @@ class Restrictions:
             run.defer_if_reject = None
             run.recursion = 0
             words = self.lists[stage]
-            status = run.run_list(words, internal_form(recipient), RECIPIENT, "check_recipient_access") if words else DUNNO
+            if words:
+                status = yield from run.run_list(words, internal_form(recipient), RECIPIENT,
+                                                 "check_recipient_access")
+            else:
+                status = DUNNO
             if status == REJECT:
                 break
         run.finish(status)
         run.verdict.events[:0] = events
         return run.verdict
 
-    def check_data(self, request: Request, state: CheckState) -> Verdict:
-        run, status = self._stage("data", request, state, None, "DATA", DATA)
+    def check_data(self, request: Request, state: CheckState):
+        run, status = yield from self._stage("data", request, state, None, "DATA", DATA)
         run.finish(status)
         return run.verdict
 
-    def check_end_of_data(self, request: Request, state: CheckState) -> Verdict:
-        run, status = self._stage("end_of_data", request, state, None, "END-OF-MESSAGE", END_OF_DATA)
+    def check_end_of_data(self, request: Request, state: CheckState):
+        run, status = yield from self._stage("end_of_data", request, state, None, "END-OF-MESSAGE",
+                                             END_OF_DATA)
         run.finish(status)
         return run.verdict
 
     def evaluate(self, check, request: Request, state: CheckState) -> Verdict:
-        """check(request, state), or a Verdict whose pending names the questions to answer
-        before the check is evaluated again; state is then as it was before."""
-        if request.answers is None:
-            return check(request, state)
-        saved = state.snapshot()
+        """Runs check (one of the check_* generators) for request, or resumes the one that
+        stopped for answers (now in request.answers). Returns its Verdict, or a Verdict whose
+        pending names the questions to answer before evaluate is called again."""
+        walk = request.walk
+        if walk is None:
+            walk = check(request, state)
         try:
-            return check(request, state)
-        except Pending as pending:
-            state.restore(saved)
-            verdict = Verdict()
-            verdict.pending = pending.questions
-            return verdict
+            questions = walk.send(None)
+        except StopIteration as finished:
+            request.walk = None
+            return finished.value
+        except BaseException:
+            request.walk = None
+            raise
+        request.walk = walk
+        verdict = Verdict()
+        verdict.pending = questions
+        return verdict
 
     def close(self) -> None:
         self.close_policy_clients()

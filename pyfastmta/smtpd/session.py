@@ -620,22 +620,18 @@ class SmtpSession(asyncio.Protocol):
         if len(pending) != 1 or pending[0][0] != "policy":
             return False
         question = pending[0]
-        future = self.settings.restrictions.policy_client(question[1]).try_ask(question[2])
-        if future is None:
-            return False
 
-        def answered(future) -> None:
-            if future.cancelled() or self.transport is None:
+        def answered(action: str | None, error: BaseException | None) -> None:
+            if self.transport is None:
                 return
-            if future.exception() is not None:  # ask again, with the configured retries
+            if error is not None:  # ask again, with the configured retries
                 self._check_task = self.server.loop.create_task(
                     self._decide_later(where, request, check, proceed, pending))
                 return
-            request.answers.known[question] = future.result()
+            request.answers.known[question] = action
             self._decide(where, request, check, proceed, in_parser=False)
 
-        future.add_done_callback(answered)
-        return True
+        return self.settings.restrictions.policy_client(question[1]).try_ask(question[2], answered)
 
     async def _decide_later(self, where: str, request: Request, check, proceed, pending) -> None:
         restrictions = self.settings.restrictions
