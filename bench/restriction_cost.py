@@ -21,7 +21,9 @@ both asking the same loopback DNS server (tests/peers/dnsserver.py) and nothing 
 Each run starts a fresh DNS server, policy server and pyfastmta and drives pyfastmta exactly as
 accept_race.py does (smtp-source plus a paced latency probe; every acknowledged message must be in
 the queue). Configurations alternate for --rounds rounds; the table gives the median and best
-rate of each, the ratio of the medians to "none", and the CPU time per message of pyfastmta's
+rate of each, the ratio of the medians to "none", the median (and range) of the ratios to
+"none" within each round (the figure the conclusion gives: steadier on a shared machine, since
+the runs of one round follow each other), and the CPU time per message of pyfastmta's
 processes and of the policy server (from /proc; steadier than a rate on a shared machine).
 A realistic run fails unless the policy
 server was asked once per recipient and the DNS list was queried; the DNS queries per run show
@@ -505,6 +507,16 @@ def timed_run(configuration: str, options, access_table: Path, round_number: int
     return run, counts
 
 
+def paired_ratios(runs: list, configurations) -> dict[str, list[float]]:
+    """Each configuration's rate over the rate of "none" in the same round. Runs of one round
+    follow each other, so a slow spell of a shared machine touches both sides of a ratio; the
+    median of these ratios is steadier than the ratio of the medians."""
+    none = {run.round: run.messages_per_second for run in runs if run.server == "none"}
+    return {configuration: [round(run.messages_per_second / none[run.round], 3)
+                            for run in runs if run.server == configuration]
+            for configuration in configurations}
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-s", "--sessions", type=int, default=20, help="parallel smtp-source sessions")
@@ -585,10 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summarize(runs, list(configurations), baseline="none")
     heading, rows = table_rows(summaries, options.rounds, ratio_heading="ratio to none",
                                first_heading="configuration")
-    heading += ["CPU per message, pyfastmta / policy server (µs)",
+    paired = paired_ratios(runs, configurations)
+    heading += ["ratio to none in the same round (median; range)",
+                "CPU per message, pyfastmta / policy server (µs)",
                 "policy requests per run (median)", "DNS queries per run (for the DNS list)"]
     for configuration, row in zip(configurations, rows):
         own = [c for c in counts if c.configuration == configuration]
+        ratios = paired[configuration]
+        row.append(f"{statistics.median(ratios):.2f}; {min(ratios):.2f}–{max(ratios):.2f}")
         row.append(f"{statistics.median(c.pyfastmta_cpu_us for c in own):.0f} / "
                    f"{statistics.median(c.policy_cpu_us for c in own):.0f}")
         row.append(str(round(statistics.median(c.policy_requests for c in own))))
@@ -600,9 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(heading, rows))
     print()
     for summary in summaries[1:]:
-        ratio = summary.ratio_to_postfix
+        ratio = statistics.median(paired[summary.server])
         print(f"{summary.server}: the list costs {100 * (1 - ratio):.0f}% of the accept rate "
-              f"(ratio of medians {ratio:.2f})")
+              f"(median of the rounds' ratios {ratio:.2f}; ratio of medians "
+              f"{summary.ratio_to_postfix:.2f})")
 
     timestamp = time.strftime("%Y%m%dT%H%M%S")
     options.results.mkdir(parents=True, exist_ok=True)
@@ -611,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in summaries:
         entry = asdict(s)
         entry["ratio_to_none"] = entry.pop("ratio_to_postfix")
+        entry["ratios_to_none_by_round"] = paired[s.server]
         summary.append(entry)
     result_file.write_text(json.dumps({
         "timestamp": timestamp,

@@ -113,12 +113,18 @@ def parse_policy_service(spec: str, get: Callable[[str], object], queue_director
     return PolicyService(transport=transport, address=address, **values)
 
 
+def attribute_value(value: object) -> str:
+    """A request attribute's value as sent: line breaks replaced, so that no value can end
+    the request early."""
+    text = value if type(value) is str else str(value)
+    if "\n" in text or "\r" in text:
+        return text.translate(_LINE_BREAKS)
+    return text
+
+
 def request_text(attributes: Mapping[str, object]) -> bytes:
-    """The request as sent: one name=value line per attribute (line breaks in values replaced,
-    so that no value can end the request early), then an empty line."""
-    text = "".join([f"{name}={value}\n" for name, value in attributes.items()])
-    if text.count("\n") != len(attributes) or "\r" in text:
-        text = "".join([f"{name}={str(value).translate(_LINE_BREAKS)}\n" for name, value in attributes.items()])
+    """The request as sent: one name=value line per attribute, then an empty line."""
+    text = "".join([f"{name}={attribute_value(value)}\n" for name, value in attributes.items()])
     return (text + "\n").encode("utf-8", "surrogateescape")
 
 

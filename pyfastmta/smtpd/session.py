@@ -24,7 +24,7 @@ from pyfastmta.smtpd.restrictions import CheckState, Request, Verdict
 from pyfastmta.smtpd.tls import TlsInfo
 from pyfastmta.smtpd.peername import UNKNOWN as UNKNOWN_NAMES
 from pyfastmta.smtpd.lookups import Answers
-from pyfastmta.smtpd.policy import request_text as policy_text
+from pyfastmta.smtpd.policy import attribute_value
 from pyfastmta.smtpd import auth
 
 _COMMAND_NAMES = {
@@ -538,36 +538,39 @@ class SmtpSession(asyncio.Protocol):
         cached = self._policy_session_text
         if cached is None or cached[0] != key:
             cached = self._policy_session_text = (key, self._policy_session_part())
-        counted = where in ("DATA", "END-OF-MESSAGE")
-        lines = policy_text({
-            "request": "smtpd_access_policy", "protocol_state": where,
-            "protocol_name": "ESMTP" if self.esmtp else "SMTP", "helo_name": helo,
-            "queue_id": self.queue_id or "", "sender": sender, "recipient": recipient,
-            "recipient_count": len(self.recipients) if counted else 0,
-            "instance": f"{os.getpid():x}.{id(self):x}.{self.transactions:x}",
-            "sasl_sender": self.sasl_sender or "", "size": self.mail_params.get("SIZE") or "0",
-            "policy_context": context})
-        return lines[:-1] + cached[1]  # one request: the empty line that ends it comes last
+        clean = attribute_value
+        count = len(self.recipients) if where in ("DATA", "END-OF-MESSAGE") else 0
+        text = (f"request=smtpd_access_policy\nprotocol_state={where}\n"
+                f"protocol_name={'ESMTP' if self.esmtp else 'SMTP'}\nhelo_name={clean(helo)}\n"
+                f"queue_id={self.queue_id or ''}\nsender={clean(sender)}\nrecipient={clean(recipient)}\n"
+                f"recipient_count={count}\ninstance={os.getpid():x}.{id(self):x}.{self.transactions:x}\n"
+                f"sasl_sender={clean(self.sasl_sender or '')}\n"
+                f"size={clean(self.mail_params.get('SIZE') or '0')}\npolicy_context={clean(context)}\n")
+        # One request: the empty line that ends it comes last, with the session's part.
+        return text.encode("utf-8", "surrogateescape") + cached[1]
 
     def _policy_session_part(self) -> bytes:
         tls = self.tls
         sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
-        return policy_text({
-            "client_address": self.client_addr, "client_name": self.client_name,
-            "client_port": self.client_port,
-            "reverse_client_name": self.client_names.reverse_name,
-            "server_address": sock[0] if sock else "", "server_port": sock[1] if sock else "",
-            "sasl_method": self.sasl_method or "", "sasl_username": self.sasl_username or "",
-            "ccert_subject": (tls.peer_subject_cn or "") if tls else "",
-            "ccert_issuer": (tls.peer_issuer_cn or "") if tls else "",
-            "ccert_fingerprint": (tls.peer_fingerprint or "") if tls else "",
-            "ccert_pubkey_fingerprint": "",
-            "encryption_protocol": tls.protocol if tls else "",
-            "encryption_cipher": tls.cipher if tls else "",
-            "encryption_keysize": tls.bits if tls else 0,
-            "etrn_domain": "", "stress": "yes" if self.settings.stress else "",
-            "compatibility_level": "3.6", "mail_version": "pyfastmta",
-        })
+        clean = attribute_value
+        if tls is None:
+            tls_lines = ("ccert_subject=\nccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n"
+                         "encryption_protocol=\nencryption_cipher=\nencryption_keysize=0\n")
+        else:
+            tls_lines = (f"ccert_subject={clean(tls.peer_subject_cn or '')}\n"
+                         f"ccert_issuer={clean(tls.peer_issuer_cn or '')}\n"
+                         f"ccert_fingerprint={clean(tls.peer_fingerprint or '')}\nccert_pubkey_fingerprint=\n"
+                         f"encryption_protocol={clean(tls.protocol)}\nencryption_cipher={clean(tls.cipher)}\n"
+                         f"encryption_keysize={tls.bits}\n")
+        text = (f"client_address={self.client_addr}\nclient_name={clean(self.client_name)}\n"
+                f"client_port={self.client_port}\n"
+                f"reverse_client_name={clean(self.client_names.reverse_name)}\n"
+                f"server_address={sock[0] if sock else ''}\nserver_port={sock[1] if sock else ''}\n"
+                f"sasl_method={clean(self.sasl_method or '')}\n"
+                f"sasl_username={clean(self.sasl_username or '')}\n{tls_lines}"
+                f"etrn_domain=\nstress={'yes' if self.settings.stress else ''}\n"
+                "compatibility_level=3.6\nmail_version=pyfastmta\n\n")
+        return text.encode("utf-8", "surrogateescape")
 
     def _apply(self, verdict: Verdict, stage: str, request: Request) -> str | None:
         """Writes the check's log lines as Postfix does; the reply when it refused."""
