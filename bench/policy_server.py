@@ -2,10 +2,12 @@
 request is name=value lines and an empty line; the answer is `action=...` and an empty line).
 
     python bench/policy_server.py --listen 127.0.0.1:0 [--action DUNNO]
+    python bench/policy_server.py --listen unix:/path/to/socket
 
 Every request gets the same answer (default `DUNNO`: no opinion, the next restriction decides),
 on connections kept open for as many requests as the client sends, as smtpd does between
-requests. Once it listens it prints `ready HOST:PORT` on stdout. SIGUSR1 prints one JSON line of
+requests. Once it listens it prints `ready HOST:PORT` (or `ready unix:PATH`; the socket is
+made connectable by any user, as smtpd's workers drop privileges) on stdout. SIGUSR1 prints one JSON line of
 counters on stdout, {"requests": N, "connections": M, "states": {"RCPT": N, ...}} (states counts
 protocol_state); SIGTERM or SIGINT prints the same line and stops. It runs on uvloop when that
 is installed, like the workers it answers.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 
@@ -74,6 +77,9 @@ class PolicyProtocol(asyncio.Protocol):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, or ("unix", 0) with the socket's path in place of the host."""
+    if text.startswith("unix:") and len(text) > len("unix:"):
+        return text[len("unix:"):], -1
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"policy_server: --listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
@@ -84,14 +90,21 @@ async def serve(host: str, port: int, action: str) -> None:
     counters = Counters()
     answer = f"action={action}\n\n".encode()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: PolicyProtocol(counters, answer), host, port,
-                                      reuse_address=True, backlog=1024)
+    if port < 0:  # a unix-domain socket at the path `host`
+        server = await loop.create_unix_server(lambda: PolicyProtocol(counters, answer), host,
+                                               backlog=1024)
+        os.chmod(host, 0o666)
+        where = f"unix:{host}"
+    else:
+        server = await loop.create_server(lambda: PolicyProtocol(counters, answer), host, port,
+                                          reuse_address=True, backlog=1024)
+        bound_host, bound_port = server.sockets[0].getsockname()[:2]
+        where = f"{bound_host}:{bound_port}"
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: print(counters.line(), flush=True))
-    bound_host, bound_port = server.sockets[0].getsockname()[:2]
-    print(f"ready {bound_host}:{bound_port}", flush=True)
+    print(f"ready {where}", flush=True)
     await stop.wait()
     server.close()
     print(counters.line(), flush=True)
@@ -99,7 +112,8 @@ async def serve(host: str, port: int, action: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT; port 0 picks a free one")
+    parser.add_argument("--listen", default="127.0.0.1:0",
+                        help="HOST:PORT (port 0 picks a free one) or unix:PATH")
     parser.add_argument("--action", default="DUNNO", help="the action every request gets")
     options = parser.parse_args()
     host, port = parse_listen(options.listen)

@@ -36,12 +36,15 @@ as its policy server instead, 127.0.0.1 in its client whitelist, so every reques
 from the whitelist; one untimed instance must first see it greylist 127.0.0.4 (450).
 --without-policy adds "realistic-without-policy": the realistic list less check_policy_service,
 which tells the policy server's share of the cost from the other four restrictions'.
+--unix-policy adds "realistic-unix": the realistic list with the same policy server listening on
+a unix-domain socket (check_policy_service unix:PATH, as policy servers run by Postfix's spawn(8)
+are usually reached) instead of TCP on loopback.
 
 pyfastmta only: Postfix takes its name servers from /etc/resolv.conf, so it cannot be pointed at
 a loopback DNS list without changing the system's resolver configuration.
 
     python bench/restriction_cost.py [--rounds 3] [-s 20] [-l 2000] [-m 20000]
-                                     [--without-policy] [--postgrey]
+                                     [--without-policy] [--unix-policy] [--postgrey]
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ POLICY_SERVER = BENCH_DIRECTORY / "policy_server.py"
 CONFIGURATIONS = ("none", "realistic")
 POSTGREY = "postgrey"  # --postgrey: the realistic list asking postgrey instead
 NO_POLICY = "realistic-without-policy"  # --without-policy: the realistic list less its policy server
+UNIX_POLICY = "realistic-unix"  # --unix-policy: the policy server on a unix-domain socket
 DNS_LIST = "rbl.bench.test"
 # No client of the benchmark is in mynetworks: 127.0.0.1 (smtp-source, the probe) and the
 # sanity check's 127.0.0.2 and 127.0.0.3 are all outside clients.
@@ -134,9 +138,13 @@ class Peers:
     """The DNS server and the policy server of one run, each its own process, in `directory`.
     The policy server is bench/policy_server.py, or postgrey when `postgrey` names its program."""
 
-    def __init__(self, directory: Path, negative_ttl: int, postgrey: str | None = None):
+    def __init__(self, directory: Path, negative_ttl: int, postgrey: str | None = None,
+                 unix_policy: bool = False):
         self.directory = directory
         self.postgrey = postgrey
+        # check_policy_service's target: inet:127.0.0.1:PORT, or unix:PATH with unix_policy
+        self.policy_service = ""
+        self.unix_policy = unix_policy
         self.postgrey_log = directory / "postgrey.log"
         self.zone_file = directory / "zone.json"
         self.dns_stats_file = directory / "dns-stats.json"
@@ -160,9 +168,22 @@ class Peers:
             if self.postgrey:
                 self._start_postgrey()
             else:
-                self.policy = self._start("policy_server",
-                                          [str(POLICY_SERVER), "--listen", "127.0.0.1:0"])
-                self.policy_port = self._ready_port(self.policy)
+                if self.unix_policy:
+                    # The workers drop privileges: they must reach the socket's directory.
+                    self.directory.chmod(0o755)
+                    listen = f"unix:{self.directory / 'policy.sock'}"
+                else:
+                    listen = "127.0.0.1:0"
+                self.policy = self._start("policy_server", [str(POLICY_SERVER), "--listen", listen])
+                if self.unix_policy:
+                    line = self.policy.next_line()
+                    if line != f"ready {listen}":
+                        raise BenchmarkFailure(f"policy_server: expected 'ready {listen}', got {line!r}")
+                    self.policy_service = listen
+                else:
+                    self.policy_port = self._ready_port(self.policy)
+            if not self.policy_service:
+                self.policy_service = f"inet:127.0.0.1:{self.policy_port}"
         except BaseException:
             self.close()
             raise
@@ -291,7 +312,7 @@ def main_cf_lines(configuration: str, peers: Peers, access_table: Path) -> str:
     )
     if configuration == NO_POLICY:
         return lines + "\n"
-    return lines + f",\n    check_policy_service inet:127.0.0.1:{peers.policy_port}\n"
+    return lines + f",\n    check_policy_service {peers.policy_service}\n"
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -467,7 +488,8 @@ def timed_run(configuration: str, options, access_table: Path, round_number: int
             policy_cpu.append(cpu_seconds([peers.processes[-1].pid]))
             return instances[-1]
 
-        with Peers(directory, options.negative_ttl, postgrey=postgrey) as peers:
+        with Peers(directory, options.negative_ttl, postgrey=postgrey,
+                   unix_policy=configuration == UNIX_POLICY) as peers:
             run = run_once(configuration, make_server, options, round_number)
             policy_cpu.append(cpu_seconds([peers.processes[-1].pid]))
         policy, dns = peers.policy_counters(), peers.dns_counters()
@@ -528,6 +550,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="entries in the check_client_access table")
     parser.add_argument("--negative-ttl", type=int, default=300,
                         help="TTL of the DNS list's 'not listed' answer (the SOA minimum)")
+    parser.add_argument("--unix-policy", action="store_true",
+                        help=f"also run the realistic list with the policy server on a unix-domain "
+                             f"socket ({UNIX_POLICY}; check_policy_service unix:PATH)")
     parser.add_argument("--postgrey", nargs="?", const=shutil.which("postgrey") or "/usr/sbin/postgrey",
                         help="also run the realistic list with postgrey (this program, default "
                              "%(const)s) as its policy server, 127.0.0.1 in its client whitelist")
@@ -557,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_arguments(argv)
     machine = describe_machine(options.workdir)
     configurations = (CONFIGURATIONS + ((NO_POLICY,) if options.without_policy else ())
+                      + ((UNIX_POLICY,) if options.unix_policy else ())
                       + ((POSTGREY,) if options.postgrey else ()))
     print(f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']}; "
           f"queues on {machine['queue_filesystem']} {machine['queue_device']} "
@@ -636,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": options.sessions, "length": options.length, "messages": options.messages,
             "rounds": options.rounds, "access_entries": options.access_entries,
             "negative_ttl": options.negative_ttl, "postgrey": options.postgrey,
-            "without_policy": options.without_policy,
+            "without_policy": options.without_policy, "unix_policy": options.unix_policy,
             "sender": options.sender,
             "recipient": options.recipient, "pyfastmta": options.pyfastmta,
         },
