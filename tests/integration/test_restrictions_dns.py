@@ -279,6 +279,19 @@ def test_policy_server_that_hangs_up_is_asked_again(lists_mta, connect):
         assert policy.connections == 2
 
 
+def test_policy_service_on_a_unix_socket_under_the_queue_directory(lists_mta, connect):
+    """unix:private/NAME is relative to the queue directory, as Postfix reads it."""
+    mta = lists_mta({RECIPIENT_RESTRICTIONS: "check_policy_service unix:private/policy, "
+                                             "reject_unauth_destination"})
+    (mta.spool / "private").mkdir(exist_ok=True)
+    path = mta.spool / "private" / "policy"
+    with PolicyServer(lambda request: "REJECT asked over a unix socket", unix_path=str(path)) as policy:
+        rcpt = transaction(connect(mta, source="127.0.0.9"), "a@good.test")[1]
+        assert rcpt == (554, "554 5.7.1 <user@example.test>: Recipient address rejected: "
+                             "asked over a unix socket")
+        assert [request["recipient"] for request in policy.requests] == ["user@example.test"]
+
+
 def test_policy_service_that_cannot_be_reached(lists_mta, connect):
     port = free_port()
     mta = lists_mta({RECIPIENT_RESTRICTIONS: f"check_policy_service inet:127.0.0.1:{port}, "

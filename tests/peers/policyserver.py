@@ -5,7 +5,8 @@ the answer `action=...` and an empty line), on its own thread and event loop.
         ... check_policy_service inet:127.0.0.1:{server.port} ...
         server.requests   every request received, as dicts, in order
 
-decide() may return None: the server then hangs up without answering.
+decide() may return None: the server then hangs up without answering. With unix_path it listens
+on that unix-domain socket instead (check_policy_service unix:PATH).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Callable
 
 
 class PolicyServer:
-    def __init__(self, decide: Callable[[dict[str, str]], str], host: str = "127.0.0.1") -> None:
+    def __init__(self, decide: Callable[[dict[str, str]], str], host: str = "127.0.0.1",
+                 unix_path: str | None = None) -> None:
         self.decide = decide
         self.host = host
+        self.unix_path = unix_path
         self.port = 0
         self.requests: list[dict[str, str]] = []
         self.connections = 0
@@ -40,6 +43,9 @@ class PolicyServer:
         self._loop.close()
 
     async def _start(self) -> None:
+        if self.unix_path is not None:
+            self._server = await asyncio.start_unix_server(self._serve, self.unix_path)
+            return
         self._server = await asyncio.start_server(self._serve, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
