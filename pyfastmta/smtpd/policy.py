@@ -156,9 +156,12 @@ class _Connection(asyncio.Protocol):
         self._action = None
 
     def fail(self, error: BaseException) -> None:
+        self._deliver(None, error)
+
+    def _deliver(self, action: str | None, error: BaseException | None) -> None:
         answered, self._answered = self._answered, None
         if answered is not None:
-            answered(None, error)
+            answered(action, error)
 
     def data_received(self, data: bytes) -> None:
         if self._answered is None:
@@ -180,8 +183,7 @@ class _Connection(asyncio.Protocol):
                 if self._action is None:
                     self.fail(PolicyAnswerError("answer without action"))
                 else:
-                    answered, self._answered = self._answered, None
-                    answered(self._action, None)
+                    self._deliver(self._action, None)
                 return
             name, equals, value = line.partition(b"=")
             if not equals:

@@ -322,15 +322,7 @@ class _Run:
                     position += 1
                 while True:
                     try:
-                        if argument is not None:
-                            if lowered in TABLE_RESTRICTIONS:
-                                status = self.table_restriction(lowered, argument)
-                            else:
-                                status = self.asking(lowered, argument, reply_name, reply_class)
-                        elif lowered in ARGUMENT_RESTRICTIONS:
-                            status = self.server_error(f"restriction {lowered} requires an argument")
-                        else:
-                            status = self.simple(lowered, name, reply_name, reply_class)
+                        status = self.restriction(lowered, name, argument, reply_name, reply_class)
                         break
                     except Pending as pending:
                         questions = pending.questions
@@ -351,6 +343,17 @@ class _Run:
             if self.warn_if_reject > self.recursion:
                 self.warn_if_reject = 0
         return status
+
+    def restriction(self, lowered: str, name: str, argument: str | None, reply_name: str,
+                    reply_class: str) -> int | _Nested:
+        """One restriction's status, or the list it stands for; raises Pending."""
+        if argument is not None:
+            if lowered in TABLE_RESTRICTIONS:
+                return self.table_restriction(lowered, argument)
+            return self.asking(lowered, argument, reply_name, reply_class)
+        if lowered in ARGUMENT_RESTRICTIONS:
+            return self.server_error(f"restriction {lowered} requires an argument")
+        return self.simple(lowered, name, reply_name, reply_class)
 
     def simple(self, lowered: str, name: str, reply_name: str, reply_class: str) -> int | _Nested:
         owner = self.owner

@@ -553,21 +553,21 @@ class SmtpSession(asyncio.Protocol):
         tls = self.tls
         sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
         clean = attribute_value
-        if tls is None:
-            tls_lines = ("ccert_subject=\nccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n"
-                         "encryption_protocol=\nencryption_cipher=\nencryption_keysize=0\n")
-        else:
-            tls_lines = (f"ccert_subject={clean(tls.peer_subject_cn or '')}\n"
-                         f"ccert_issuer={clean(tls.peer_issuer_cn or '')}\n"
-                         f"ccert_fingerprint={clean(tls.peer_fingerprint or '')}\nccert_pubkey_fingerprint=\n"
-                         f"encryption_protocol={clean(tls.protocol)}\nencryption_cipher={clean(tls.cipher)}\n"
-                         f"encryption_keysize={tls.bits}\n")
+        subject = issuer = fingerprint = protocol = cipher = ""
+        bits = 0
+        if tls is not None:
+            subject, issuer = tls.peer_subject_cn or "", tls.peer_issuer_cn or ""
+            fingerprint, protocol, cipher, bits = tls.peer_fingerprint or "", tls.protocol, tls.cipher, tls.bits
         text = (f"client_address={self.client_addr}\nclient_name={clean(self.client_name)}\n"
                 f"client_port={self.client_port}\n"
                 f"reverse_client_name={clean(self.client_names.reverse_name)}\n"
                 f"server_address={sock[0] if sock else ''}\nserver_port={sock[1] if sock else ''}\n"
                 f"sasl_method={clean(self.sasl_method or '')}\n"
-                f"sasl_username={clean(self.sasl_username or '')}\n{tls_lines}"
+                f"sasl_username={clean(self.sasl_username or '')}\n"
+                f"ccert_subject={clean(subject)}\nccert_issuer={clean(issuer)}\n"
+                f"ccert_fingerprint={clean(fingerprint)}\nccert_pubkey_fingerprint=\n"
+                f"encryption_protocol={clean(protocol)}\nencryption_cipher={clean(cipher)}\n"
+                f"encryption_keysize={bits}\n"
                 f"etrn_domain=\nstress={'yes' if self.settings.stress else ''}\n"
                 "compatibility_level=3.6\nmail_version=pyfastmta\n\n")
         return text.encode("utf-8", "surrogateescape")
