@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ _LINE_BREAKS = {ord("\r"): " ", ord("\n"): " "}
 
 # Longest answer line a server may send (Postfix reads lines of at most line_length_limit).
 ANSWER_LINE_LIMIT = 8192
+
+# How often a client looks for requests left unanswered past smtpd_policy_service_timeout; the
+# answered ones it finds on the way are forgotten, so what it remembers stays small.
+SWEEP_INTERVAL = 1.0
 
 
 class PolicyAnswerError(Exception):
@@ -141,6 +146,11 @@ class _Connection(asyncio.Protocol):
         self._answered: Callable[[str | None, BaseException | None], None] | None = None
         self._action: str | None = None
         self.lost = False
+        self.asked = 0  # requests written so far: tells the client's timeout sweep which one it saw
+
+    @property
+    def waiting(self) -> bool:
+        return self._answered is not None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -152,6 +162,7 @@ class _Connection(asyncio.Protocol):
     def ask(self, answered: Callable[[str | None, BaseException | None], None]) -> None:
         """Waits for the answer to the request that the client writes next."""
         self._answered = answered
+        self.asked += 1
         self._buffer.clear()
         self._action = None
 
@@ -214,20 +225,25 @@ class PolicyClient:
         self._max_connections = max(1, max_connections)
         self._slots: asyncio.Semaphore | None = None
         self._unsent: list[tuple[_Connection, bytes]] = []
+        # (deadline, connection, its request number) for each request try_ask wrote, in order:
+        # one timer sweeps them all, instead of a timer per request.
+        self._asked: deque[tuple[float, _Connection, int]] = deque()
+        self._sweep_handle: asyncio.TimerHandle | None = None
 
     async def query(self, attributes: Mapping[str, str]) -> str:
         """The action the service answers (for example "DUNNO" or "DEFER_IF_PERMIT Greylisted"),
         or its default action when it cannot be asked."""
         return await self.query_text(request_text(attributes))
 
-    async def query_text(self, request: bytes) -> str:
-        """query() for a request already in its wire form (request_text)."""
+    async def query_text(self, request: bytes, failed: str | None = None) -> str:
+        """query() for a request already in its wire form (request_text). failed: what went
+        wrong with a first try that try_ask made; it counts against the try limit."""
         service = self.service
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
         async with self._slots:
-            problem = ""
-            for attempt in range(max(1, service.try_limit)):
+            problem = failed or ""
+            for attempt in range(0 if failed is None else 1, max(1, service.try_limit)):
                 if attempt:
                     await asyncio.sleep(service.retry_delay)
                 connection = None
@@ -248,28 +264,47 @@ class PolicyClient:
                 self._warn(f"problem talking to server {service.name}: {problem}")
             return service.default_action
 
-    def try_ask(self, request: bytes, answered: Callable[[str | None, BaseException | None], None]) -> bool:
-        """Asks over a kept connection, without a coroutine: answered(action, None) with the
-        answer, or answered(None, error) on a timeout or a broken connection (the caller then
-        asks again through query_text, which retries as configured). False when no kept
-        connection is free: the request must go through query_text."""
+    def try_ask(self, request: bytes, answered: Callable[[str], None]) -> bool:
+        """Asks over a kept connection, without a coroutine: answered(action) with the answer,
+        or with what query_text makes of it when this first try fails (a timeout, a broken
+        connection): the other tries, as configured, then the default action. False when no
+        kept connection is free: the request must go through query_text."""
         connection = self._idle_connection()
         if connection is None:
             return False
-        timeout = self.service.timeout
-        timer = asyncio.get_running_loop().call_later(
-            timeout, connection.fail, TimeoutError(f"no answer within {timeout:g}s"))
 
         def done(action: str | None, error: BaseException | None) -> None:
-            timer.cancel()
             if error is None:
                 self._release(connection)
-            else:
-                self._discard(connection)
-            answered(action, error)
+                answered(action)
+                return
+            self._discard(connection)
+            retries = asyncio.get_running_loop().create_task(
+                self.query_text(request, _describe(error, self.service.timeout)))
+            retries.add_done_callback(lambda task: task.cancelled() or answered(task.result()))
 
         self._send(connection, request, done)
+        loop = asyncio.get_running_loop()
+        self._asked.append((loop.time() + self.service.timeout, connection, connection.asked))
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(min(SWEEP_INTERVAL, self.service.timeout), self._sweep)
         return True
+
+    def _sweep(self) -> None:
+        """Fails the requests that try_ask wrote and that went unanswered past the timeout."""
+        self._sweep_handle = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        asked = self._asked
+        while asked:
+            deadline, connection, number = asked[0]
+            if connection.asked == number and connection.waiting:
+                if deadline > now:
+                    break
+                connection.fail(TimeoutError())
+            asked.popleft()
+        if asked:
+            self._sweep_handle = loop.call_later(min(SWEEP_INTERVAL, asked[0][0] - now), self._sweep)
 
     def _send(self, connection: _Connection, request: bytes,
               answered: Callable[[str | None, BaseException | None], None]) -> None:
@@ -323,6 +358,9 @@ class PolicyClient:
         connection.close()
 
     def close(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         for connection in self._idle:
             connection.close()
         self._idle.clear()

@@ -624,12 +624,8 @@ class SmtpSession(asyncio.Protocol):
             return False
         question = pending[0]
 
-        def answered(action: str | None, error: BaseException | None) -> None:
+        def answered(action: str) -> None:
             if self.transport is None:
-                return
-            if error is not None:  # ask again, with the configured retries
-                self._check_task = self.server.loop.create_task(
-                    self._decide_later(where, request, check, proceed, pending))
                 return
             request.answers.known[question] = action
             self._decide(where, request, check, proceed, in_parser=False)

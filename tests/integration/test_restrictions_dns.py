@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from peers.loopback import free_port, wait_until
-from peers.policyserver import PolicyServer
+from peers.policyserver import SILENT, PolicyServer
 
 DNS_SERVER = Path(__file__).resolve().parent.parent / "peers" / "dnsserver.py"
 
@@ -277,6 +277,30 @@ def test_policy_server_that_hangs_up_is_asked_again(lists_mta, connect):
         assert [request["recipient"] for request in policy.requests] == [
             "one@example.test", "two@example.test", "two@example.test"]
         assert policy.connections == 2
+
+
+def test_policy_server_that_stays_silent_times_out(lists_mta, connect):
+    """A request left unanswered past smtpd_policy_service_timeout is asked again, over a new
+    connection; when every try times out, the default action stands in for the answer."""
+    answers = iter([SILENT, "REJECT answered the second time", SILENT, SILENT])
+    with PolicyServer(lambda request: next(answers)) as policy:
+        mta = lists_mta({RECIPIENT_RESTRICTIONS: f"check_policy_service inet:127.0.0.1:{policy.port}, "
+                                                 "reject_unauth_destination", "worker_count": "1",
+                         "smtpd_policy_service_timeout": "1s", "smtpd_policy_service_try_limit": "2",
+                         "smtpd_policy_service_retry_delay": "1s"})
+        client = connect(mta, source="127.0.0.9")
+        started = time.monotonic()
+        assert transaction(client, "a@good.test", "one@example.test")[1] == (
+            554, "554 5.7.1 <one@example.test>: Recipient address rejected: answered the second time")
+        assert time.monotonic() - started >= 1.0
+        assert "problem talking to server" not in mta.log_text()
+        assert client.command("RCPT TO:<two@example.test>") == (
+            451, "451 4.3.5 <two@example.test>: Recipient address rejected: Server configuration problem")
+        assert mta.logged(f"warning: problem talking to server inet:127.0.0.1:{policy.port}: "
+                          "timeout after 1s")
+        assert [request["recipient"] for request in policy.requests] == [
+            "one@example.test", "one@example.test", "two@example.test", "two@example.test"]
+        assert policy.connections == 3  # a connection that timed out is not used again
 
 
 def test_policy_service_on_a_unix_socket_under_the_queue_directory(lists_mta, connect):

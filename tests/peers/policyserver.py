@@ -5,8 +5,9 @@ the answer `action=...` and an empty line), on its own thread and event loop.
         ... check_policy_service inet:127.0.0.1:{server.port} ...
         server.requests   every request received, as dicts, in order
 
-decide() may return None: the server then hangs up without answering. With unix_path it listens
-on that unix-domain socket instead (check_policy_service unix:PATH).
+decide() may return None: the server then hangs up without answering; or SILENT: it keeps the
+connection and never answers that request. With unix_path it listens on that unix-domain socket
+instead (check_policy_service unix:PATH).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+
+SILENT = "\0silent"  # decide()'s answer for a request the server reads and leaves unanswered
 
 
 class PolicyServer:
@@ -75,6 +78,8 @@ class PolicyServer:
                 action = self.decide(request)
                 if action is None:  # hang up without an answer
                     return
+                if action == SILENT:
+                    continue
                 writer.write(f"action={action}\n\n".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
