@@ -117,6 +117,7 @@ class SmtpSession(asyncio.Protocol):
         self.ret: str | None = None
         self.envid: str | None = None
         self.in_data = False
+        self.message_size: int | None = None  # bytes received after DATA, once the dot came
         self.sasl_sender = None
         self.check_state.reset_transaction()
 
@@ -540,12 +541,14 @@ class SmtpSession(asyncio.Protocol):
             cached = self._policy_session_text = (key, self._policy_session_part())
         clean = attribute_value
         count = len(self.recipients) if where in ("DATA", "END-OF-MESSAGE") else 0
+        # The declared SIZE until the message is in; then, as Postfix, the size received.
+        size = self.message_size if self.message_size is not None else self.mail_params.get("SIZE") or "0"
         text = (f"request=smtpd_access_policy\nprotocol_state={where}\n"
                 f"protocol_name={'ESMTP' if self.esmtp else 'SMTP'}\nhelo_name={clean(helo)}\n"
                 f"queue_id={self.queue_id or ''}\nsender={clean(sender)}\nrecipient={clean(recipient)}\n"
                 f"recipient_count={count}\ninstance={os.getpid():x}.{id(self):x}.{self.transactions:x}\n"
                 f"sasl_sender={clean(self.sasl_sender or '')}\n"
-                f"size={clean(self.mail_params.get('SIZE') or '0')}\npolicy_context={clean(context)}\n")
+                f"size={clean(size)}\npolicy_context={clean(context)}\n")
         # One request: the empty line that ends it comes last, with the session's part.
         return text.encode("utf-8", "surrogateescape") + cached[1]
 
@@ -569,7 +572,8 @@ class SmtpSession(asyncio.Protocol):
                 f"encryption_protocol={clean(protocol)}\nencryption_cipher={clean(cipher)}\n"
                 f"encryption_keysize={bits}\n"
                 f"etrn_domain=\nstress={'yes' if self.settings.stress else ''}\n"
-                "compatibility_level=3.6\nmail_version=pyfastmta\n\n")
+                f"compatibility_level={clean(self.settings.compatibility_level)}\n"
+                f"mail_version={clean(self.settings.mail_version)}\n\n")
         return text.encode("utf-8", "surrogateescape")
 
     def _apply(self, verdict: Verdict, stage: str, request: Request) -> str | None:
@@ -761,6 +765,7 @@ class SmtpSession(asyncio.Protocol):
             self._reset_transaction()
             return None
         self.check_state.end_of_data = True  # PREPEND is too late from here on
+        self.message_size = len(content)
         return self._check_stage("end_of_data", "END-OF-MESSAGE",
                                  lambda refused: self._end_of_data_checked(refused, content))
 

@@ -21,6 +21,9 @@ class SmtpdSettings:
     def __init__(self, config):
         get = config.get
         self.myhostname: str = get("myhostname")
+        # What a policy server is told of this server (Postfix 3.8's request attributes).
+        self.compatibility_level: str = get("compatibility_level")
+        self.mail_version: str = get("mail_version")
         self.myorigin: str = get("myorigin")
         self.banner = f"220 {get('smtpd_banner')}\r\n".encode()
         self.message_size_limit: int = get("message_size_limit")
