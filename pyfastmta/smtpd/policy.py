@@ -229,6 +229,7 @@ class PolicyClient:
         # one timer sweeps them all, instead of a timer per request.
         self._asked: deque[tuple[float, _Connection, int]] = deque()
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._retrying: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     async def query(self, attributes: Mapping[str, str]) -> str:
         """The action the service answers (for example "DUNNO" or "DEFER_IF_PERMIT Greylisted"),
@@ -281,6 +282,8 @@ class PolicyClient:
             self._discard(connection)
             retries = asyncio.get_running_loop().create_task(
                 self.query_text(request, _describe(error, self.service.timeout)))
+            self._retrying.add(retries)
+            retries.add_done_callback(self._retrying.discard)
             retries.add_done_callback(lambda task: task.cancelled() or answered(task.result()))
 
         self._send(connection, request, done)
