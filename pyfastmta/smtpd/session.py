@@ -39,6 +39,18 @@ _COMMAND_NAMES[b"AUTH"] = "auth"
 _PRE_TLS_VERBS = frozenset({b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"QUIT"})
 # Commands after which an ESMTP client must wait for the reply (the end of a pipelined group).
 _SYNC_VERBS = frozenset({b"EHLO", b"HELO", b"DATA", b"NOOP", b"VRFY"})
+# The order of the disconnect line's counts (Postfix's table of commands); commands Postfix does
+# not have come after it, and unknown ones last.
+_LOGGED_ORDER = {name: rank for rank, name in enumerate(
+    ("helo", "ehlo", "xclient", "xforward", "starttls", "auth", "mail", "rcpt", "data", "bdat",
+     "rset", "noop", "vrfy", "etrn", "quit"))}
+
+
+def _command_rank(item: tuple[str, list[int]]) -> int:
+    name = item[0]
+    if name == "unknown":
+        return len(_LOGGED_ORDER) + 1
+    return _LOGGED_ORDER.get(name, len(_LOGGED_ORDER))
 
 # Control characters from the client never reach a header or a log line (a bare CR in HELO
 # would otherwise start a header line of the client's choosing in Received:).
@@ -235,13 +247,14 @@ class SmtpSession(asyncio.Protocol):
         self.transport = None
 
     def _stats_text(self) -> str:
+        """The disconnect line's counts, in Postfix's order of commands, unknown ones last."""
         parts = []
         total_ok = total = 0
-        for name, (ok, count) in self.command_stats.items():
+        for name, (ok, count) in sorted(self.command_stats.items(), key=_command_rank):
             parts.append(f" {name}={ok}" if ok == count else f" {name}={ok}/{count}")
             total_ok += ok
             total += count
-        parts.append(f" commands={total_ok}" if total_ok == total else f" commands={total_ok}/{total}")
+        parts.append(f" commands={total_ok}" if total_ok == total and total else f" commands={total_ok}/{total}")
         return "".join(parts)
 
     def _check_timeout(self) -> None:
@@ -408,7 +421,9 @@ class SmtpSession(asyncio.Protocol):
                 if value is None or not value.isdigit():
                     return self._error("mail", "501 5.5.4 Bad message size syntax")
                 if settings.message_size_limit and int(value) > settings.message_size_limit:
-                    return self._error("mail", "552 5.3.4 Message size exceeds fixed limit")
+                    refused = "552 5.3.4 Message size exceeds fixed limit"
+                    self._log_reject("MAIL", refused, None, sender=address)
+                    return self._error("mail", refused)
             elif key == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return self._error("mail", "501 5.5.4 Bad BODY keyword value")
@@ -504,9 +519,10 @@ class SmtpSession(asyncio.Protocol):
         self._count("rcpt", True)
         self.reply("250 2.1.5 Ok")
 
-    def _log_reject(self, stage: str, text: str, recipient: str | None) -> None:
+    def _log_reject(self, stage: str, text: str, recipient: str | None, sender: str | None = None) -> None:
+        """sender: the one a refused MAIL command named (none is in the session yet)."""
         parts = [f"{self.queue_id or 'NOQUEUE'}: reject: {stage} from {self.client_label}: {text};"
-                 f" from=<{self.sender or ''}>"]
+                 f" from=<{sender if sender is not None else self.sender or ''}>"]
         if recipient is not None:
             parts.append(f" to=<{recipient}>")
         parts.append(f" proto={'ESMTP' if self.esmtp else 'SMTP'}")
