@@ -109,6 +109,12 @@ cdef class SmtpServerParser:
     cdef bint _too_big
     cdef bint _bare_newline
     cdef Py_ssize_t _content_size
+    # The input a callback runs inside: the block being processed (its unprocessed part starts
+    # at _progress) and, when that block is _pending, the fed bytes still waiting behind it.
+    cdef const unsigned char* _block
+    cdef Py_ssize_t _block_size
+    cdef const unsigned char* _rest
+    cdef Py_ssize_t _rest_size
 
     def __cinit__(self):
         bytebuf_init(&self._pending)
@@ -142,6 +148,45 @@ cdef class SmtpServerParser:
     @property
     def in_data(self):
         return self._in_data
+
+    @property
+    def received_size(self):
+        """Bytes of the message being received, as Postfix counts them when a session ends in
+        DATA: whole lines only, without dot-stuffing, each line ending counted as two bytes."""
+        cdef const unsigned char* data
+        cdef Py_ssize_t size, end, stuffed, i
+        if not self._in_data:
+            return 0
+        if self._too_big or self._content.data == NULL:
+            return self._content_size  # the bytes are gone: what was stored is the best count
+        data = self._content.data + self._content.start
+        size = bytebuf_len(&self._content)
+        end = size
+        while end > 0 and data[end - 1] != CHAR_LF:
+            end -= 1
+        # Every stored line that starts with a dot carries the stuffing dot (see _scan_data).
+        stuffed = 1 if end >= 2 and data[0] == CHAR_DOT else 0
+        for i in range(end - 2):
+            if data[i] == CHAR_LF and data[i + 1] == CHAR_DOT:
+                stuffed += 1
+        return end - stuffed
+
+    def peek(self, Py_ssize_t limit):
+        """Up to `limit` received bytes that follow what was processed so far: called from a
+        command's callback, what the client sent after that command line."""
+        cdef Py_ssize_t start, take
+        cdef bytes head
+        if limit <= 0:
+            return b""
+        if not self._processing or self._block == NULL:
+            take = min(limit, bytebuf_len(&self._pending))
+            return PyBytes_FromStringAndSize(<const char*>self._pending.data + self._pending.start, take)
+        start = min(self._progress, self._block_size)
+        take = min(limit, self._block_size - start)
+        head = PyBytes_FromStringAndSize(<const char*>self._block + start, take)
+        if take < limit and self._rest_size > 0:
+            head += PyBytes_FromStringAndSize(<const char*>self._rest, min(limit - take, self._rest_size))
+        return head
 
     @property
     def overflowed(self):
@@ -236,6 +281,10 @@ cdef class SmtpServerParser:
 
     cdef void _end_processing(self):
         self._processing = False
+        self._block = NULL
+        self._block_size = 0
+        self._rest = NULL
+        self._rest_size = 0
         if self._discard_requested:
             self._discard_requested = False
             bytebuf_clear(&self._pending)
@@ -246,12 +295,15 @@ cdef class SmtpServerParser:
         try:
             if self._in_data and bytebuf_len(&self._pending) > 0:
                 # Held bytes that start_data() turned into message content.
+                self._rest, self._rest_size = data, size
                 self._run_pending()
             if (bytebuf_len(&self._pending) > 0 and not self._in_data
                     and not self._paused and not self._discard_requested):
                 used = self._join_pending_line(data, size)
                 if self._pending_ready():
+                    self._rest, self._rest_size = data + used, size - used
                     self._run_pending()
+            self._rest, self._rest_size = NULL, 0
             if used < size and not self._paused and not self._discard_requested:
                 in_place = True
                 used += self._process(data + used, size - used)
@@ -346,6 +398,8 @@ cdef class SmtpServerParser:
         cdef const unsigned char* lf
         cdef object result
         self._progress = 0
+        self._block = data
+        self._block_size = size
         while pos < size and not self._paused and not self._discard_requested:
             if self._in_data:
                 pos = self._scan_data(data, size, pos)

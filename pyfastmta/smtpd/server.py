@@ -114,4 +114,5 @@ class SmtpServer:
         except asyncio.TimeoutError:
             for session in list(self.sessions):
                 if session.transport is not None:
+                    session.closing = True  # ended here, not lost by the client
                     session.transport.abort()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import time
 
@@ -61,8 +62,22 @@ def printable(arg: bytes) -> str:
     return arg.decode("utf-8", "surrogateescape").translate(_UNPRINTABLE)
 
 
+# Client bytes quoted in a log line, C-style, as Postfix quotes them: control and 8-bit bytes
+# as escapes, so that a line of the log is one line whatever the client sent.
+_NAMED_ESCAPES = dict(zip(b"\a\b\f\n\r\t\v", "abfnrtv"))
+_LOG_ESCAPES = ["\\\\" if byte == ord("\\") else "\\" + _NAMED_ESCAPES[byte] if byte in _NAMED_ESCAPES
+                else chr(byte) if 32 <= byte < 127 else f"\\{byte:03o}" for byte in range(256)]
+
+
+def log_escaped(data: bytes) -> str:
+    return "".join([_LOG_ESCAPES[byte] for byte in data])
+
+
 # Bytes a paused session buffers before it stops reading from the client.
 PAUSED_BUFFER_LIMIT = 65536
+
+# Bytes of a client's pipelined input quoted in the "improper command pipelining" line.
+PIPELINING_QUOTE_LIMIT = 100
 
 # Seconds a closing TLS session waits for the client's close_notify before the socket goes.
 TLS_SHUTDOWN_TIMEOUT = 5.0
@@ -95,6 +110,8 @@ class SmtpSession(asyncio.Protocol):
         self.greeted = False  # the greeting went out: commands are read
         self._connect_logged = False
         self._check_task = None  # a restriction check waiting for the DNS or a policy server
+        self._committing = False  # a received message is on its way into the queue
+        self._ended_while_committing = False  # the client left before the queue answered
         self._early_data: list[bytes] = []
         self._timer = None
         self._last_activity = 0.0
@@ -182,8 +199,11 @@ class SmtpSession(asyncio.Protocol):
         self.client_name = names.name
         self._connect_logged = True
         self.server.log("smtpd", f"connect from {self.client_label}")
-        if self._early_data:
+        early = b"".join(self._early_data)[:PIPELINING_QUOTE_LIMIT] or self._unread_input()
+        if early:
             self.illegal_pipelining = True  # the client spoke before the greeting
+            self.server.log("smtpd", f"improper command pipelining after CONNECT from "
+                                     f"{self.client_label}: {log_escaped(early)}")
         if self._limits_refuse_connection():
             return
         restrictions = self.settings.restrictions
@@ -192,6 +212,22 @@ class SmtpSession(asyncio.Protocol):
         else:
             self._decide("CONNECT", self._request("CONNECT"), restrictions.check_client,
                          self._connect_checked)
+
+    def _unread_input(self) -> bytes:
+        """What the client sent that the loop has not read yet, looked at without reading it
+        (plain text only): before the greeting, a client that talks first."""
+        if self.tls is not None or self.settings.tls.wrappermode:
+            return b""
+        connection = self.transport.get_extra_info("socket")
+        if connection is None:
+            return b""
+        peek = socket.socket(connection.family, socket.SOCK_STREAM, 0, connection.fileno())
+        try:
+            return peek.recv(PIPELINING_QUOTE_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # nothing there (EAGAIN), or the client is already gone
+            return b""
+        finally:
+            peek.detach()  # the transport owns the descriptor
 
     def _connect_checked(self, refused: str | None) -> bool:
         """smtpd_client_restrictions at connect (smtpd_delay_reject = no): the greeting, or the
@@ -238,13 +274,34 @@ class SmtpSession(asyncio.Protocol):
         if self._check_task is not None:
             self._check_task.cancel()  # nobody is left to hear the answer
             self._check_task = None
+        self.transport = None
+        if self._connect_logged and not self.closing:
+            # The client left without QUIT. As in Postfix, leaving right after a message was
+            # received is normal enough to go unmentioned.
+            if self.last_command != "END-OF-MESSAGE":
+                self.server.log("smtpd", f"lost connection after {self._where()} from {self.client_label}")
+            if self.in_data:
+                self._count("data", False)
+        if self._committing:
+            # The message's outcome belongs in the disconnect line's counts: end when it is known.
+            self._ended_while_committing = True
+            return
+        self._end_session()
+
+    def _end_session(self) -> None:
         if self._connect_logged:
             self.server.log("smtpd", f"disconnect from {self.client_label}{self._stats_text()}")
         if self._limits_counted:
             self.settings.limits.disconnect(self.client_addr)
             self._limits_counted = False
         self.server.session_ended(self)
-        self.transport = None
+
+    def _where(self) -> str:
+        """What the session was doing, as Postfix names it in its timeout and lost connection
+        lines: the last command, with the bytes received so far in DATA."""
+        if self.in_data:
+            return f"DATA ({self.parser.received_size} bytes)"
+        return self.last_command
 
     def _stats_text(self) -> str:
         """The disconnect line's counts, in Postfix's order of commands, unknown ones last."""
@@ -266,10 +323,10 @@ class SmtpSession(asyncio.Protocol):
         if loop.time() < deadline:
             self._timer = loop.call_at(deadline, self._check_timeout)
             return
+        self.server.log("smtpd", f"timeout after {self._where()} from {self.client_label}")
         if self.in_data:
-            self.server.log("smtpd", f"timeout after DATA from {self.client_label}")
-        else:
-            self.server.log("smtpd", f"timeout after {self.last_command} from {self.client_label}")
+            self._count("data", False)
+        self.closing = True
         self.transport.write(f"421 4.4.2 {self.settings.myhostname} Error: timeout exceeded\r\n".encode())
         self.transport.close()
 
@@ -716,7 +773,8 @@ class SmtpSession(asyncio.Protocol):
                 and (not self.esmtp or verb in _SYNC_VERBS)):
             self.illegal_pipelining = True
             self.server.log("smtpd", f"improper command pipelining after {self.last_command} "
-                                     f"from {self.client_label}")
+                                     f"from {self.client_label}: "
+                                     f"{log_escaped(self.parser.peek(PIPELINING_QUOTE_LIMIT))}")
         if self.access_denied is not None and verb != b"QUIT":
             return True, self._error(name, f"503 5.7.0 Error: access denied for {self.client_name}"
                                            f"[{self.client_addr}]")
@@ -772,6 +830,7 @@ class SmtpSession(asyncio.Protocol):
 
     def on_data_end(self, content: bytes, too_big: bool, bare_newline: bool):
         self.in_data = False
+        self.last_command = "END-OF-MESSAGE"
         # The message's lines and its final dot line were not commands.
         self._lines_pending = 0 if too_big else self._lines_pending - content.count(b"\n") - 1
         if too_big:
@@ -857,6 +916,7 @@ class SmtpSession(asyncio.Protocol):
         except Exception as exc:
             self._queue_failed(exc)
             return
+        self._committing = True
         durable.add_done_callback(lambda future: self._queued(future, envelope, message.message_id))
 
     def _rewritten_envelope(self) -> tuple[str, list[Recipient]]:
@@ -878,6 +938,7 @@ class SmtpSession(asyncio.Protocol):
         return sender, recipients
 
     def _queued(self, future, envelope: Envelope, message_id: str | None) -> None:
+        self._committing = False
         exc = future.exception()
         if exc is not None:
             self._queue_failed(exc)
@@ -891,6 +952,9 @@ class SmtpSession(asyncio.Protocol):
         # A message received in full forgives the client's earlier errors, as in Postfix.
         self.error_count = 0
         self.junk_commands = 0
+        if self._ended_while_committing:
+            self._end_session()
+            return
         self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
         self._transaction_done(in_parser_callback=False)
 
@@ -898,6 +962,9 @@ class SmtpSession(asyncio.Protocol):
         """The queue could not make the message durable: the client never hears 250."""
         self._count("data", False)
         self.server.log("smtpd", f"warning: {self.queue_id}: queue file write error: {exc}")
+        if self._ended_while_committing:
+            self._end_session()
+            return
         self.reply("451 4.3.0 Error: queue file write error")
         self._transaction_done()
 
@@ -1036,6 +1103,7 @@ class SmtpSession(asyncio.Protocol):
         self.server.log("smtpd", f"SSL_accept error from {self.client_label}: {reason}")
         self.server.log("smtpd", f"lost connection after {'CONNECT' if wrapper else 'STARTTLS'} "
                                  f"from {self.client_label}")
+        self.closing = True  # the end is logged
         raw.abort()
         self.server.loop.call_later(1.0, self._ended_after_tls_failure, error)
 

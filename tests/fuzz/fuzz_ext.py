@@ -24,6 +24,7 @@ class Recorder:
 
     def on_command(self, verb, arg):
         self.events.append(("command", verb, arg))
+        assert len(self.parser.peek(LINE_LIMIT)) <= LINE_LIMIT  # the improper pipelining quote
         if verb == b"DATA" and not self.parser.in_data:
             self.parser.start_data()
         return self.pause_on_noop and verb == b"NOOP"
@@ -46,6 +47,7 @@ def run_parser(chunks, pause_on_noop):
             parser.resume()
         if not parser.in_data:
             assert parser.buffered <= LINE_LIMIT + 1, parser.buffered
+        assert parser.received_size >= 0
     return recorder.events
 
 

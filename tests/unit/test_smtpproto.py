@@ -464,6 +464,73 @@ def test_end_of_data_only_at_crlf_dot_crlf(stream, cuts):
     assert recorder.events[1:] == rest
 
 
+def reference_received_size(stream):
+    """Postfix's count of a message cut short: its whole lines, without the stuffing dot, each
+    line ending counted as two bytes."""
+    size = 0
+    for line in stream.split(b"\n")[:-1]:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        size += len(line[1:] if line.startswith(b".") else line) + 2
+    return size
+
+
+@settings(max_examples=500, deadline=None)
+@given(stream=smuggling_alphabet | st.binary(max_size=60), cuts=st.lists(st.integers(1, 9)))
+def test_received_size_counts_as_postfix(stream, cuts):
+    expected = reference_data_scan(stream)
+    if expected is not None:
+        stream = stream[:expected[2] - 1]  # the end of data, less its last byte
+    parser, recorder = make_parser()
+    feed_chunks(parser, [b"DATA\r\n"] + [stream[sum(cuts[:i]):sum(cuts[:i + 1])]
+                                          for i in range(len(cuts))] + [stream[sum(cuts):]])
+    assert parser.in_data
+    assert parser.received_size == reference_received_size(stream)
+
+
+def test_received_size_of_a_message_too_big_is_what_was_stored():
+    parser, recorder = make_parser(message_size_limit=10)
+    parser.feed(b"DATA\r\n" + b"x" * 30 + b"\r\nyy")
+    assert parser.received_size == 34
+    parser.feed(b"\r\n.\r\n")
+    assert not parser.in_data and parser.received_size == 0
+
+
+command_line = st.sampled_from([b"NOOP\r\n", b"RSET\n", b"MAIL FROM:<a@b>\r\n", b"X\r\n", b"\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(command_line, min_size=1, max_size=12), cuts=st.lists(st.integers(1, 12)),
+       pause_on=st.sets(st.sampled_from([b"NOOP", b"RSET"])), limit=st.integers(1, 40))
+def test_peek_sees_what_was_sent_after_the_command(lines, cuts, pause_on, limit):
+    """From a command's callback, peek gives the bytes after that command line that have been
+    received so far, however the input was split and paused."""
+    stream = b"".join(lines)
+    ends = [sum(len(line) for line in lines[:i + 1]) for i in range(len(lines))]
+    parser, recorder = make_parser(pause_on)
+    received = 0
+    seen = []
+
+    def hook(verb, arg):
+        end = ends[len(seen)]
+        seen.append((parser.peek(limit), stream[end:received][:limit]))
+        return verb in pause_on
+
+    recorder.command_hook = hook
+    position = 0
+    for size in cuts + [len(stream)]:
+        chunk = stream[position:position + size]
+        position += len(chunk)
+        received = position
+        parser.feed(chunk)
+        while parser.paused:
+            parser.resume()
+    assert len(seen) == len(lines)
+    for peeked, expected in seen:
+        assert peeked == expected
+    assert parser.peek(limit) == b""
+
+
 def test_data_after_bare_lf_data_command_needs_a_real_crlf():
     events, parser = run_events(b"DATA\n.\r\nMAIL FROM:<x@y>\r\n")
     assert parser.in_data and events == [("command", b"DATA", b"")]
