@@ -453,7 +453,7 @@ class SmtpSession(asyncio.Protocol):
             return self._error("helo", refused)
         self._reset_transaction()
         self.helo_name = helo
-        self.esmtp = False
+        # A HELO after EHLO keeps the session ESMTP, as in Postfix (proto=, Received: with ESMTP).
         self._count("helo", True)
         self.reply(f"250 {self.settings.myhostname}")
 

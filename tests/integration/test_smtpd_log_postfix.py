@@ -37,6 +37,7 @@ DIALOG = [
     "NOOP",
     "FOO",
     "EHLO client.example",
+    "HELO other.example",  # HELO after EHLO: still ESMTP
     "MAIL FROM:<a@client.example> SIZE=999999999",
     "MAIL FROM:<a@client.example> SIZE=50000",
     "RCPT TO:<u@elsewhere.example>",
@@ -142,10 +143,10 @@ def test_session_log_matches_postfix(postfix_logs, make_mta):
     # What the comparison covers: the SIZE refusal names its sender; the counts are in
     # Postfix's order of commands, the unknown one last.
     assert ("NOQUEUE: reject: MAIL from unknown[127.0.0.2]: 552 5.3.4 Message size exceeds fixed "
-            "limit; from=<a@client.example> proto=ESMTP helo=<client.example>") in ours
+            "limit; from=<a@client.example> proto=ESMTP helo=<other.example>") in ours
     assert "ID: client=unknown[127.0.0.2]" in ours
-    assert ours[-1] == ("disconnect from unknown[127.0.0.2] ehlo=1 mail=1/2 rcpt=1/2 rset=1 noop=2 "
-                        "quit=1 unknown=0/1 commands=7/10")
+    assert ours[-1] == ("disconnect from unknown[127.0.0.2] helo=1 ehlo=1 mail=1/2 rcpt=1/2 rset=1 "
+                        "noop=2 quit=1 unknown=0/1 commands=8/11")
 
 
 def test_unfinished_sessions_log_as_postfix(postfix_logs, make_mta):
